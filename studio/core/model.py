@@ -1,0 +1,299 @@
+"""ModelHandle: the one IR (ONNX) plus where it came from. Loading, normalising, atomic saving."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from studio.core.errors import ModelLoadError, UnsupportedModelError
+
+ONNX_SUFFIXES = {".onnx"}
+TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".torchscript", ".ptl"}
+MAX_PROTO_BYTES = 2**31 - 1
+
+
+@dataclass
+class ModelHandle:
+    """An ONNX model in memory plus its provenance. Never written back over `source_path`."""
+
+    proto: onnx.ModelProto
+    source_path: Path | None = None
+    sha256: str = ""
+    source_kind: str = "onnx"  # onnx | torchscript | state_dict | pickle
+    onnx_path: Path | None = None  # an ONNX file holding this model (source or cached export)
+    torch_source: dict | None = None  # {path, factory, trust_pickle} for fine-tuning
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.source_path.stem if self.source_path else (self.proto.graph.name or "model")
+
+    def input_names(self) -> list[str]:
+        inits = {t.name for t in self.proto.graph.initializer}
+        return [i.name for i in self.proto.graph.input if i.name not in inits]
+
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.proto.graph.output]
+
+    def serialized(self) -> bytes:
+        return self.proto.SerializeToString()
+
+    def copy(self) -> ModelHandle:
+        p = onnx.ModelProto()
+        p.CopyFrom(self.proto)
+        return ModelHandle(
+            p, self.source_path, self.sha256, self.source_kind, self.onnx_path, self.torch_source
+        )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+    normalize_graph: bool = True,
+) -> ModelHandle:
+    """Open an .onnx file (with external data) or a PyTorch file (exported to ONNX once, cached)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file", hint="check the path")
+    if path.is_dir():
+        raise ModelLoadError(
+            f"{path} is a directory, not a model file", hint="pass the .onnx or .pt file inside it"
+        )
+    suffix = path.suffix.lower()
+    torch_source = None
+    kind = "onnx"
+    onnx_path = path
+    if suffix in TORCH_SUFFIXES or (suffix not in ONNX_SUFFIXES and _looks_like_zip_or_pickle(path)):
+        try:
+            from studio.backends import torch_loader
+        except ImportError as e:  # pragma: no cover - torch extra missing
+            raise ModelLoadError(f"{path}: PyTorch files need the torch extra ({e})") from e
+        onnx_path = torch_loader.export_torch_to_onnx(
+            path, factory=factory, trust_pickle=trust_pickle, input_shape=input_shape
+        )
+        kind = "state_dict" if factory else "torch"
+        torch_source = {"path": str(path), "factory": factory, "trust_pickle": trust_pickle}
+    proto = load_onnx_file(onnx_path)
+    handle = ModelHandle(
+        proto=proto,
+        source_path=path,
+        sha256=file_sha256(path),
+        source_kind=kind,
+        onnx_path=onnx_path,
+        torch_source=torch_source,
+    )
+    if normalize_graph:
+        handle.warnings.extend(normalize(handle.proto))
+    return handle
+
+
+def _looks_like_zip_or_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
+def load_onnx_file(path: Path) -> onnx.ModelProto:
+    """Parse an ONNX file; external data must live inside the model's folder."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{path}: the file is empty", hint="re-export the model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (
+        DecodeError,
+        RuntimeWarning,
+        ValueError,
+        OSError,
+        onnx.onnx_cpp2py_export.checker.ValidationError,
+    ) as e:
+        raise ModelLoadError(
+            f"{path}: not a valid ONNX file ({type(e).__name__}: {str(e)[:120]})",
+            hint="is it truncated or of another format?",
+        ) from e
+    except Exception as e:  # protobuf raises a variety of internal errors on garbage
+        raise ModelLoadError(
+            f"{path}: not a valid ONNX file ({type(e).__name__})",
+            hint="is it truncated or of another format?",
+        ) from e
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelLoadError(
+            f"{path}: parsed as protobuf but holds no ONNX graph", hint="is it an ONNX model?"
+        )
+    _load_external_data_confined(proto, path.parent)
+    return proto
+
+
+def _load_external_data_confined(proto: onnx.ModelProto, base: Path) -> None:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    base_real = base.resolve()
+    ext = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+    for t in ext:
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (base / loc).resolve()
+        if os.path.isabs(loc) or not str(target).startswith(str(base_real) + os.sep):
+            raise ModelLoadError(
+                f"tensor {t.name!r} points at external data {loc!r} outside the model's folder",
+                hint="external data files must sit beside the model",
+            )
+        if not target.exists():
+            raise ModelLoadError(
+                f"tensor {t.name!r}: external data file {loc!r} is missing", hint=f"expected in {base}"
+            )
+    if ext:
+        try:
+            onnx.load_external_data_for_model(proto, str(base))
+        except Exception as e:
+            raise ModelLoadError(f"could not read external data: {e}") from e
+
+
+def normalize(proto: onnx.ModelProto) -> list[str]:
+    """Make every exporter's output analysable: unique node names, Constant weights as
+    initializers, shapes inferred. Returns warnings (never raises for shape problems)."""
+    warnings: list[str] = []
+    g = proto.graph
+    if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
+        raise UnsupportedModelError(
+            "the model imports no standard ONNX opset", hint="only ai.onnx models are supported"
+        )
+    seen: set[str] = set()
+    for i, n in enumerate(g.node):
+        base = n.name or f"{n.op_type}_{i}"
+        name = base
+        k = 1
+        while name in seen:
+            name = f"{base}_{k}"
+            k += 1
+        seen.add(name)
+        n.name = name
+    # Constant nodes holding tensors (TF/Paddle converters) -> initializers, so weights are visible.
+    keep = []
+    init_names = {t.name for t in g.initializer}
+    for n in g.node:
+        if (
+            n.op_type == "Constant"
+            and n.domain in ("", "ai.onnx")
+            and len(n.attribute) == 1
+            and n.attribute[0].name == "value"
+        ):
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            if t.name not in init_names:
+                g.initializer.append(t)
+                init_names.add(t.name)
+                continue
+        keep.append(n)
+    if len(keep) != len(g.node):
+        del g.node[:]
+        g.node.extend(keep)
+    warnings.extend(infer_shapes_inplace(proto))
+    return warnings
+
+
+def infer_shapes_inplace(proto: onnx.ModelProto) -> list[str]:
+    """Shape inference on a copy without big weights (memory), merged back as value_info."""
+    g = proto.graph
+    light = onnx.ModelProto()
+    light.ir_version = proto.ir_version
+    light.opset_import.extend(proto.opset_import)
+    lg = light.graph
+    lg.name = g.name
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.node.extend(g.node)
+    declared = {i.name for i in g.input}
+    for t in g.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) > 4096:
+            # A declared graph input with the same shape stands in for the weight (no data copy).
+            if t.name not in declared:
+                lg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            lg.initializer.append(t)
+    lg.value_info.extend(g.value_info)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            light, check_type=False, strict_mode=False, data_prop=True
+        )
+    except Exception as e:  # noqa: BLE001 - inference is best-effort
+        return [f"shape inference failed: {str(e)[:200]}"]
+    known = {vi.name for vi in g.value_info}
+    inputs = {i.name for i in g.input} | {t.name for t in g.initializer}
+    for vi in inferred.graph.value_info:
+        if vi.name not in known and vi.name not in inputs:
+            g.value_info.append(vi)
+    # Exporters sometimes declare wrong output shapes; keep declared, warn on mismatch.
+    inferred_out = {o.name: o for o in inferred.graph.output}
+    warns = []
+    for o in g.output:
+        io = inferred_out.get(o.name)
+        if (
+            io is not None
+            and io.type != o.type
+            and o.type.tensor_type.HasField("shape")
+            and io.type.tensor_type.HasField("shape")
+        ):
+            d1 = [d.dim_value for d in o.type.tensor_type.shape.dim]
+            d2 = [d.dim_value for d in io.type.tensor_type.shape.dim]
+            if len(d1) != len(d2) or any(a and b and a != b for a, b in zip(d1, d2)):
+                warns.append(f"output {o.name!r} declares shape {d1} but the graph computes {d2}")
+    return warns
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write atomically (temp file in the same folder + rename). Large models use external data."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = proto.ByteSize() > MAX_PROTO_BYTES
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if external_data:
+            data_name = path.name + ".data"
+            onnx.save_model(
+                proto,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name + ".tmp",
+            )
+            os.replace(path.parent / (data_name + ".tmp"), path.parent / data_name)
+            # Point the model at the final data file name.
+            m = onnx.load(tmp, load_external_data=False)
+            for t in onnx.external_data_helper._get_all_tensors(m):
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = data_name
+            onnx.save_model(m, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def model_bytes(proto: onnx.ModelProto) -> int:
+    return proto.ByteSize()
