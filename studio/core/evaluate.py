@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +173,13 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, *, source: str, top: int = 
     return Metric(f"top{top}", float(hit.mean()), "measured", source, n_samples=len(labels))
 
 
-def fidelity(ref: list[np.ndarray], out: list[np.ndarray], *, source: str) -> list[Metric]:
-    """Label-free agreement with the original model's outputs (first output drives top-1)."""
+def fidelity(
+    ref: list[np.ndarray], out: list[np.ndarray], *, source: str, token_mask: np.ndarray | None = None
+) -> list[Metric]:
+    """Label-free agreement with the original model's outputs (first output drives top-1).
+
+    `token_mask` ([N, T], e.g. the attention mask) restricts [N, T, H] outputs to real tokens:
+    padding positions carry no meaning and would otherwise dominate the worst-case numbers."""
     n = len(ref[0])
     r = ref[0].reshape(n, -1).astype(np.float64)
     o = out[0].reshape(n, -1).astype(np.float64)
@@ -186,10 +190,16 @@ def fidelity(ref: list[np.ndarray], out: list[np.ndarray], *, source: str) -> li
     if ref[0].ndim == 3:  # [N, T, H] sequence outputs: compare per token
         r = ref[0].reshape(-1, ref[0].shape[-1]).astype(np.float64)
         o = out[0].reshape(-1, out[0].shape[-1]).astype(np.float64)
+        if token_mask is not None and tuple(token_mask.shape) == tuple(ref[0].shape[:2]):
+            keep = np.asarray(token_mask).reshape(-1) != 0
+            if keep.any():
+                r, o = r[keep], o[keep]
     denom = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
     cos = np.where(
         denom > 0, (r * o).sum(1) / np.maximum(denom, 1e-30), np.where(np.abs(r - o).sum(1) == 0, 1.0, 0.0)
     )
+    # Identical rows are exactly 1.0 (float rounding of the quotient can give 0.9999999999999998).
+    cos = np.where((r == o).all(1), 1.0, cos)
     noise = float(((r - o) ** 2).sum())
     sig = float((r**2).sum())
     sqnr = float("inf") if noise == 0 else 10 * np.log10(max(sig, 1e-30) / noise)
@@ -216,8 +226,9 @@ def evaluate(
             metrics.append(accuracy(out[0], ds.labels, source=ds.source, top=5))
     if reference is not None:
         ref = run_model(reference, ds, batch_size=batch_size, threads=threads)
-        metrics.extend(fidelity(ref, out, source=ds.source))
+        metrics.extend(fidelity(ref, out, source=ds.source, token_mask=ds.inputs.get("attention_mask")))
     if "evaluator" in ds.meta:
-        mod, fn = ds.meta["evaluator"].split(":")
-        metrics.extend(getattr(importlib.import_module(mod), fn)(out, ds))
+        from studio.core.datasets import run_evaluator
+
+        metrics.extend(run_evaluator(ds.meta["evaluator"], out, ds))
     return metrics

@@ -106,7 +106,9 @@ def _per_sample(shape: list | None) -> int:
 def _weight_input(node: onnx.NodeProto, idx: GraphIndex) -> tuple[str | None, str | None]:
     """(weight initializer, bias initializer) of a weighted node, or (None, None)."""
     op = node.op_type
-    src = idx.const_source
+
+    def src(value):
+        return idx.const_source(value) or _codebook_indices(value, idx)
 
     def at(i):
         return src(node.input[i]) if len(node.input) > i and node.input[i] else None
@@ -132,6 +134,27 @@ def _weight_input(node: onnx.NodeProto, idx: GraphIndex) -> tuple[str | None, st
     if op == "MatMulNBits":
         return at(1), at(5) if len(node.input) > 5 else None
     return None, None
+
+
+def _codebook_indices(value: str, idx: GraphIndex) -> str | None:
+    """Indices initializer of a weight stored as Gather(codebook, Cast(indices)) (k-means
+    sharing): it has the weight's shape, so the layer keeps its identity after encoding."""
+    p = idx.producer.get(value)
+    if p is None or p.op_type != "Gather" or len(p.input) < 2 or p.input[0] not in idx.inits:
+        return None
+    if len(idx.inits[p.input[0]].dims) != 1:
+        return None  # a real table lookup (embeddings), not a codebook
+    return idx.const_source(p.input[1])
+
+
+def _decoded_weight(node: onnx.NodeProto, idx: GraphIndex, w: str) -> np.ndarray:
+    """The weight values (codebook entries looked up for k-means encoded weights)."""
+    arr = tensor_array(idx.inits[w])
+    for i in node.input:
+        p = idx.producer.get(i)
+        if p is not None and p.op_type == "Gather" and _codebook_indices(i, idx) == w:
+            return tensor_array(idx.inits[p.input[0]])[np.asarray(arr).astype(np.int64)]
+    return arr
 
 
 def weight_stats(arr: np.ndarray) -> WeightStats:
@@ -194,6 +217,10 @@ def analyze(
             for n in mine
             if n in (w, b) or node.op_type in ("LSTM", "GRU", "RNN")
         )
+        if node.op_type == "MatMulNBits":  # packed blocks: count the logical K x N weights
+            params = get_attr(node, "K", 0) * get_attr(node, "N", 0) + (
+                int(np.prod(idx.inits[b].dims)) if b and b in mine else 0
+            )
         nbytes = sum(tensor_nbytes(idx.inits[n]) for n in mine)
         in_shapes = [idx.shape(i) if i else None for i in node.input]
         out_shapes = [idx.shape(o) for o in node.output]
@@ -207,7 +234,9 @@ def analyze(
             params=params,
             macs=_macs(node, idx, list(wt.dims), out_shapes),
             weight_bytes=nbytes,
-            dtype=dtype_name(wt.data_type),
+            dtype=f"int{get_attr(node, 'bits', 4)}"
+            if node.op_type == "MatMulNBits"
+            else dtype_name(wt.data_type),
             bias_name=b,
             group=group_of(node.name),
             attrs={
@@ -218,7 +247,7 @@ def analyze(
             owned_initializers=mine,
         )
         if with_stats:
-            info.stats = weight_stats(tensor_array(wt))
+            info.stats = weight_stats(_decoded_weight(node, idx, w))
         layers.append(info)
     total_bytes = sum(tensor_nbytes(t) for t in g.initializer)
     layer_bytes = sum(la.weight_bytes for la in layers)

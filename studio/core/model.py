@@ -269,8 +269,12 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data
     try:
         if external_data:
             data_name = path.name + ".data"
+            # onnx.save_model moves tensor data out of the proto it is given: save a copy so the
+            # caller's model stays whole and usable.
+            to_save = onnx.ModelProto()
+            to_save.CopyFrom(proto)
             onnx.save_model(
-                proto,
+                to_save,
                 tmp,
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,

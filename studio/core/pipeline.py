@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from studio import __version__
-from studio.core.errors import RecipeError, StudioError, TechniqueError
+from studio.core.errors import JobCancelled, RecipeError, StudioError, TechniqueError
 from studio.core.graph import LayerInfo, ModelAnalysis, analyze
 from studio.core.jobs import JobContext, Progress
 from studio.core.metrics import Metric
@@ -192,9 +192,12 @@ def compress(
     registry: Registry | None = None,
     parent: str | None = None,
     check: bool = True,
+    ctx: JobContext | None = None,
 ) -> Generator[Progress, None, Variant]:
-    """Generator job: yields progress, returns the Variant. Honours cancel at every yield."""
+    """Generator job: yields progress, returns the Variant. Honours cancel at every yield; pass
+    the driving `ctx` too so a cancel also stops a technique inside its `apply` (ctx.progress)."""
     registry = registry or default_registry()
+    cancel_event = ctx._cancel if ctx is not None else None
     t0 = time.time()
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -235,7 +238,8 @@ def compress(
         if not mapped:
             continue
         q: list[Progress] = []
-        job = JobContext(q.append)
+        # Share the caller's cancel event: a technique's ctx.progress() raises JobCancelled.
+        job = JobContext(q.append, cancel_event)
         ctx = ApplyContext(
             job=job, calibration=calibration, original=model.proto, analysis=cur, seed=recipe.calibration.seed
         )
@@ -243,7 +247,7 @@ def compress(
         ctx.extras["model_handle"] = model
         try:
             new = tech.apply(proto, mapped, ctx)
-        except StudioError:
+        except (StudioError, JobCancelled):
             raise
         except Exception as e:
             raise TechniqueError(f"{tname} failed on {sorted(mapped)[:3]}: {type(e).__name__}: {e}") from e

@@ -1,0 +1,526 @@
+"""Session state of the studio window, free of Qt: the open model, its analysis, the recipe being
+edited, per-layer estimates (cached), measured variants, and the measure jobs.
+
+The Qt layer renders this state and turns user edits into recipe changes through the undo stack;
+everything here can be driven from a plain Python test.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from studio.core.errors import DatasetError, StudioError
+from studio.core.evaluate import Dataset, calibration_subset, evaluate, load_dataset, make_session
+from studio.core.graph import LayerInfo, ModelAnalysis, analyze
+from studio.core.jobs import JobContext, Progress
+from studio.core.metrics import Metric
+from studio.core.model import ONNX_SUFFIXES, TORCH_SUFFIXES, ModelHandle, load_model, save_model
+from studio.core.recipe import LayerPlan, Recipe, Step
+from studio.plugin_api.registry import Registry, default_registry
+from studio.plugin_api.technique import LayerEstimate, Support, no
+
+MODEL_SUFFIXES = ONNX_SUFFIXES | TORCH_SUFFIXES
+RECIPE_SUFFIXES = {".yaml", ".yml", ".toml", ".json"}
+
+# ---------------------------------------------------------------------- plan columns
+
+
+@dataclass(frozen=True)
+class PlanColumn:
+    """One editable plan column of the layer table: which stage it edits and how."""
+
+    key: str  # prune | rank | precision | sharing
+    title: str
+    stage: str
+    kind: str  # ratio | choice | bits
+
+
+PRUNE = PlanColumn("prune", "Prune", "prune", "ratio")
+RANK = PlanColumn("rank", "Rank", "decompose", "ratio")
+PRECISION = PlanColumn("precision", "Precision", "quantize", "choice")
+SHARING = PlanColumn("sharing", "Sharing", "encode", "bits")
+PLAN_COLUMNS = (PRUNE, RANK, PRECISION, SHARING)
+
+# Label shown in the table -> technique (None = keep fp32).
+PRECISION_CHOICES: dict[str, str | None] = {
+    "fp32": None,
+    "int8 static": "int8_static",
+    "int8 dynamic": "int8_dynamic",
+    "int4": "int4_weight",
+    "fp16": "fp16",
+}
+PRECISION_LABEL = {v: k for k, v in PRECISION_CHOICES.items() if v}
+# Used when a plugin does not declare `primary_param` (or is not installed yet).
+FALLBACK_PRIMARY = {"channels": "ratio", "magnitude": "ratio", "svd": "rank_ratio", "tucker": "rank_ratio",
+                    "kmeans": "bits"}  # fmt: skip
+DEFAULT_SHARING_BITS = 4
+
+
+def default_technique(column: PlanColumn, layer: LayerInfo) -> str | None:
+    """Technique a fresh edit of `column` uses on `layer` (Rank: SVD for linear, Tucker for conv)."""
+    if column is PRUNE:
+        return "channels"
+    if column is RANK:
+        return "tucker" if layer.kind == "conv" else "svd"
+    if column is SHARING:
+        return "kmeans"
+    return None
+
+
+def primary_param(registry: Registry, technique: str) -> str:
+    try:
+        p = getattr(registry.get(technique), "primary_param", None)
+    except StudioError:
+        p = None
+    return p or FALLBACK_PRIMARY.get(technique, "ratio")
+
+
+def cell_value(plan: LayerPlan | None, column: PlanColumn, registry: Registry):
+    """Value a plan column shows: a ratio (float), a precision label, a bit count, or None."""
+    step = getattr(plan, column.stage) if plan is not None else None
+    if step is None:
+        return "fp32" if column is PRECISION else None
+    if column is PRECISION:
+        return PRECISION_LABEL.get(step.technique, step.technique)
+    return step.params.get(primary_param(registry, step.technique))
+
+
+def cell_text(plan: LayerPlan | None, column: PlanColumn, registry: Registry) -> str:
+    step = getattr(plan, column.stage) if plan is not None else None
+    v = cell_value(plan, column, registry)
+    if column is PRECISION:
+        return str(v)
+    if step is None:
+        return ""
+    if v is None:
+        return step.technique
+    if column.kind == "ratio":
+        return f"{step.technique} {float(v):.0%}"
+    return f"{step.technique} {v} bit"
+
+
+def make_step(column: PlanColumn, layer: LayerInfo, value, current: Step | None, registry: Registry):
+    """Step for a new cell value, keeping the current technique and its other params."""
+    if value in (None, "", 0, 0.0, "none", "fp32"):
+        return None
+    if column is PRECISION:
+        tech = PRECISION_CHOICES.get(str(value), str(value))
+        if current is not None and current.technique == tech:
+            return current
+        return Step(technique=tech)
+    tech = current.technique if current is not None else default_technique(column, layer)
+    params = dict(current.params) if current is not None else {}
+    params[primary_param(registry, tech)] = int(value) if column.kind == "bits" else float(value)
+    return Step(technique=tech, params=params)
+
+
+def plan_with_cell(recipe: Recipe, layer: LayerInfo, column: PlanColumn, value, registry: Registry) -> Recipe:
+    """The recipe after setting one plan cell of one layer (the explicit layer entry changes)."""
+    explicit = recipe.layers.get(layer.name, LayerPlan())
+    effective = recipe.resolve([layer.name], strict=False).get(layer.name)
+    current = getattr(effective, column.stage) if effective is not None else None
+    step = make_step(column, layer, value, current, registry)
+    d = {s: getattr(explicit, s) for s in explicit.model_fields_set if s != column.stage}
+    if step is not None:
+        d[column.stage] = step
+    else:
+        # Clearing only needs an explicit null when a default or glob would still set the stage.
+        base = recipe.with_layer(layer.name, LayerPlan(**d) if d else None)
+        inherited = base.resolve([layer.name], strict=False).get(layer.name)
+        if inherited is not None and getattr(inherited, column.stage) is not None:
+            d[column.stage] = None
+    return recipe.with_layer(layer.name, LayerPlan(**d) if d else None)
+
+
+# ---------------------------------------------------------------------- support + estimates
+
+
+class SupportCache:
+    """`technique.applies_to(layer)` per (technique, layer), computed once per model."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._cache: dict[tuple[str, str], Support] = {}
+
+    def get(self, technique: str, layer: LayerInfo) -> Support:
+        key = (technique, layer.name)
+        if key not in self._cache:
+            try:
+                sup = self.registry.get(technique).applies_to(layer)
+            except StudioError as e:
+                sup = no(f"technique {technique!r} unavailable: {e.message}")
+            except Exception as e:  # noqa: BLE001 - a plugin bug must not break the table
+                sup = no(f"{technique} failed to check this layer: {type(e).__name__}: {e}")
+            self._cache[key] = sup
+        return self._cache[key]
+
+    def column(self, column: PlanColumn, layer: LayerInfo, plan: LayerPlan | None) -> Support:
+        """Whether the column's technique can handle the layer (Precision: any choice can)."""
+        if column is PRECISION:
+            reasons = []
+            for tech in PRECISION_CHOICES.values():
+                if tech:
+                    s = self.get(tech, layer)
+                    if s:
+                        return s
+                    reasons.append(f"{tech}: {s.reason}")
+            return no("; ".join(reasons))
+        step = getattr(plan, column.stage) if plan is not None else None
+        tech = step.technique if step is not None else default_technique(column, layer)
+        return self.get(tech, layer)
+
+
+class EstimateCache:
+    """Per-layer formula estimates after the recipe; only layers whose effective plan changed
+    are recomputed (a table edit touches one or a few layers)."""
+
+    def __init__(self, analysis: ModelAnalysis, registry: Registry):
+        self.analysis = analysis
+        self.registry = registry
+        self._names = [la.name for la in analysis.layers]
+        self.plans: dict[str, LayerPlan | None] = dict.fromkeys(self._names)
+        self.per_layer: dict[str, LayerEstimate] = {la.name: LayerEstimate.of(la) for la in analysis.layers}
+        self.notes: dict[str, list[str]] = {}
+
+    def update(self, recipe: Recipe) -> set[str]:
+        """Recompute estimates of layers whose resolved plan changed; returns their names."""
+        resolved = recipe.resolve(self._names, strict=False)
+        changed = set()
+        for la in self.analysis.layers:
+            plan = resolved.get(la.name)
+            if plan == self.plans[la.name]:
+                continue
+            self.plans[la.name] = plan
+            self.per_layer[la.name], self.notes[la.name] = self._estimate(la, plan)
+            changed.add(la.name)
+        return changed
+
+    def _estimate(self, layer: LayerInfo, plan: LayerPlan | None) -> tuple[LayerEstimate, list[str]]:
+        est = LayerEstimate.of(layer)
+        notes: list[str] = []
+        if plan is None:
+            return est, notes
+        for stage, step in plan.steps():
+            try:
+                tech = self.registry.get(step.technique)
+                params = tech.parse_params(step.params) if hasattr(tech, "parse_params") else tech.Params(**step.params)
+                sup = tech.applies_to(layer)
+                if not sup:
+                    notes.append(f"{stage}: {step.technique} skipped ({sup.reason})")
+                    continue
+                est = tech.estimate(layer, params, est)
+                notes.extend(est.notes)
+            except StudioError as e:
+                notes.append(f"{stage}: {e.message}")
+            except Exception as e:  # noqa: BLE001 - invalid params show in the cell tooltip
+                notes.append(f"{stage}: {step.technique}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        return est, notes
+
+    def totals(self) -> tuple[int, int, int]:
+        """(params, MACs, bytes incl. non-layer initializers), all estimated by formula."""
+        p = sum(e.params for e in self.per_layer.values())
+        m = sum(e.macs for e in self.per_layer.values())
+        b = sum(e.weight_bytes for e in self.per_layer.values()) + self.analysis.other_initializer_bytes
+        return p, m, b
+
+
+# ---------------------------------------------------------------------- variants
+
+
+@dataclass
+class VariantEntry:
+    """A point of the trade-off plot: a recipe plus what was measured about its model."""
+
+    id: str
+    label: str
+    recipe: Recipe
+    metrics: list[Metric] = field(default_factory=list)
+    onnx_path: Path | None = None
+    is_original: bool = False
+    variant: object | None = None  # pipeline.Variant when created in this session
+    warnings: list[str] = field(default_factory=list)
+
+    def metric(self, *names: str) -> Metric | None:
+        for n in names:
+            for m in self.metrics:
+                if m.name == n:
+                    return m
+        return None
+
+    def quality(self) -> Metric | None:
+        """Accuracy when labels were available, else agreement with the original (fidelity)."""
+        return self.metric("top1", "top1_agreement", "cosine_mean")
+
+    def size(self) -> Metric | None:
+        return self.metric("size_bytes", "file_bytes")
+
+    def latency(self) -> Metric | None:
+        return self.metric("latency_p50_ms", "latency_ms")
+
+    def summary(self) -> str:
+        lines = [self.label, f"recipe: {self.recipe.summary()}"]
+        lines += [f"{m.name}: {m.label()}" for m in self.metrics]
+        return "\n".join(lines)
+
+
+@dataclass
+class MeasureSettings:
+    """How much data the measure jobs use (small defaults keep the GUI responsive)."""
+
+    eval_samples: int | None = None  # None = the whole evaluation set
+    calib_samples: int = 128
+    bench_runs: int = 30
+    bench_warmup: int = 5
+    bench_batch: int = 1
+    threads: int = 1
+    synthetic_samples: int = 32
+
+
+def find_demo_data(model_path: Path) -> tuple[Path | None, Path | None]:
+    """(evaluation, calibration) .npz files beside a model: `<stem>_eval.npz` / `<stem>_calib.npz`,
+    also matching the stem's first word (`digits_cnn.onnx` -> `digits_eval.npz`)."""
+    folder = model_path.parent
+    stems = {model_path.stem, model_path.stem.split("_")[0]}
+    cands = sorted(p for p in folder.glob("*.npz") if any(p.stem.startswith(s) for s in stems))
+    ev = next((p for p in cands if "eval" in p.stem or "test" in p.stem), None)
+    cal = next((p for p in cands if "calib" in p.stem), None)
+    if ev is None and cal is None and len(cands) == 1:
+        ev = cal = cands[0]
+    return ev, cal
+
+
+def synthetic_dataset(handle: ModelHandle, n: int, seed: int = 0) -> Dataset:
+    """Random inputs that fit the model (used for fidelity when the user gave no data)."""
+    sess = make_session(handle.proto, threads=1)
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for i in sess.get_inputs():
+        shape = [n] + [d if isinstance(d, int) and d > 0 else 8 for d in i.shape[1:]]
+        if "int" in i.type:
+            inputs[i.name] = rng.integers(0, 100, size=shape).astype(np.int64 if "64" in i.type else np.int32)
+        elif "bool" in i.type:
+            inputs[i.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            inputs[i.name] = rng.standard_normal(shape).astype(np.float16 if "16" in i.type else np.float32)
+    return Dataset(inputs, None, f"random inputs ({n}, no data given)")
+
+
+class Session:
+    """Everything the window shows, without Qt."""
+
+    def __init__(self, registry: Registry | None = None, work_dir: Path | None = None):
+        self.registry = registry or default_registry()
+        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="pareto-studio-"))
+        self.handle: ModelHandle | None = None
+        self.analysis: ModelAnalysis | None = None
+        self.recipe = Recipe()
+        self.variants: list[VariantEntry] = []
+        self.estimates: EstimateCache | None = None
+        self.support = SupportCache(self.registry)
+        self.eval_data: Path | None = None
+        self.calib_data: Path | None = None
+        self.settings = MeasureSettings()
+        self._counter = 0
+
+    # ------------------------------------------------------------------ model
+
+    def open(self, path: str | os.PathLike) -> ModelHandle:
+        """Load a model (ONNX or PyTorch); raises ModelLoadError & co. on bad input."""
+        return self.open_handle(load_model(Path(path)))
+
+    def open_handle(self, handle: ModelHandle) -> ModelHandle:
+        """Make an already loaded model current: analysis, empty recipe, the original as variant."""
+        path = handle.source_path
+        onnx_file = handle.onnx_path if handle.onnx_path and handle.onnx_path.suffix in ONNX_SUFFIXES else None
+        analysis = analyze(handle.proto, file_bytes=onnx_file.stat().st_size if onnx_file else None)
+        analysis.warnings.extend(handle.warnings)
+        self.handle, self.analysis = handle, analysis
+        self.recipe = Recipe()
+        self.support = SupportCache(self.registry)
+        self.estimates = EstimateCache(analysis, self.registry)
+        self.eval_data, self.calib_data = find_demo_data(path) if path else (None, None)
+        size = disk_size(onnx_file) if onnx_file else []
+        name = path.name if path else handle.name
+        self.variants = [VariantEntry("original", f"original ({name})", Recipe(), size, onnx_file, True)]
+        self._counter = 0
+        return handle
+
+    def layer(self, name: str) -> LayerInfo | None:
+        return self.analysis.by_name().get(name) if self.analysis else None
+
+    def effective_plan(self, name: str) -> LayerPlan | None:
+        return self.estimates.plans.get(name) if self.estimates else None
+
+    def set_recipe(self, recipe: Recipe) -> set[str]:
+        """Make `recipe` current; returns layers whose effective plan (and estimate) changed."""
+        self.recipe = recipe
+        return self.estimates.update(recipe) if self.estimates else set()
+
+    # ------------------------------------------------------------------ variants
+
+    def original(self) -> VariantEntry | None:
+        return next((v for v in self.variants if v.is_original), None)
+
+    def variant(self, vid: str) -> VariantEntry | None:
+        return next((v for v in self.variants if v.id == vid), None)
+
+    def add_variant(self, entry: VariantEntry) -> None:
+        self.variants = [v for v in self.variants if v.id != entry.id] + [entry]
+
+    def next_label(self) -> str:
+        self._counter += 1
+        return f"v{self._counter}"
+
+    # ------------------------------------------------------------------ data
+
+    def eval_dataset(self) -> Dataset:
+        """Evaluation data (labels -> accuracy), else calibration data, else random inputs."""
+        spec = self.eval_data or self.calib_data
+        if spec is None:
+            return synthetic_dataset(self.handle, self.settings.synthetic_samples)
+        ds = load_dataset(spec)
+        n = self.settings.eval_samples
+        return calibration_subset(ds, n) if n else ds
+
+    def calibration(self) -> dict[str, np.ndarray] | None:
+        spec = self.calib_data or self.eval_data
+        if spec is None:
+            return None
+        try:
+            ds = load_dataset(spec)
+        except DatasetError:
+            raise
+        return calibration_subset(ds, self.settings.calib_samples).inputs
+
+
+# ---------------------------------------------------------------------- jobs (generators)
+
+
+def _forward(gen, ctx: JobContext):
+    """Run a sub-generator job, mapping its progress into `ctx`'s range; returns its value."""
+    try:
+        while True:
+            p = next(gen)
+            if isinstance(p, Progress):
+                ctx.report(p.fraction, p.message)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        gen.close()
+
+
+def bench_model(path: Path, settings: MeasureSettings, ctx: JobContext) -> list[Metric]:
+    """Latency (p50/p90) of an ONNX file on ORT's CPU provider; honours cancel at every run."""
+    try:
+        from studio.core.bench import bench_latency
+    except ImportError:  # older build without the bench module: time it here
+        return _bench_fallback(path, settings, ctx)
+    return bench_latency(
+        path,
+        batch_sizes=(settings.bench_batch,),
+        threads=settings.threads,
+        warmup=settings.bench_warmup,
+        repeats=settings.bench_runs,
+        ctx=ctx,
+    )
+
+
+def disk_size(path: Path) -> list[Metric]:
+    try:
+        from studio.core.bench import size_on_disk
+    except ImportError:
+        return [Metric("size_bytes", float(path.stat().st_size), "measured", "file on disk", unit="B")]
+    return size_on_disk(path)
+
+
+def _bench_fallback(path: Path, settings: MeasureSettings, ctx: JobContext) -> list[Metric]:
+    sess = make_session(path, threads=settings.threads)
+    rng = np.random.default_rng(0)
+    feed = {}
+    for i in sess.get_inputs():
+        shape = [settings.bench_batch] + [d if isinstance(d, int) and d > 0 else 8 for d in i.shape[1:]]
+        if "int" in i.type:
+            feed[i.name] = rng.integers(0, 100, size=shape).astype(np.int64)
+        else:
+            feed[i.name] = rng.standard_normal(shape).astype(np.float32)
+    for _ in range(settings.bench_warmup):
+        ctx.check()
+        sess.run(None, feed)
+    times = []
+    for i in range(settings.bench_runs):
+        ctx.report(i / settings.bench_runs, "benchmarking")
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    src = f"ORT CPUExecutionProvider, {settings.threads} thread(s), batch {settings.bench_batch}, synthetic inputs"
+    p50, p90 = np.percentile(times, [50, 90])
+    return [
+        Metric("latency_p50_ms", float(p50), "measured", src, n_samples=len(times), unit="ms"),
+        Metric("latency_p90_ms", float(p90), "measured", src, n_samples=len(times), unit="ms"),
+    ]
+
+
+def measure_original_job(
+    ctx: JobContext, *, handle: ModelHandle, data: Dataset, settings: MeasureSettings
+) -> Generator[Progress, None, list[Metric]]:
+    """Evaluate + benchmark the original model (the reference point of the plot)."""
+    yield Progress(0.0, "evaluating the original")
+    ref = handle.proto if data.labels is None else None
+    metrics = evaluate(handle.proto, data, reference=ref, threads=settings.threads, ctx=ctx.sub(0, 0.6))
+    path = handle.onnx_path or handle.source_path
+    if path is None or Path(path).suffix not in ONNX_SUFFIXES:
+        tmp = Path(tempfile.mkdtemp(prefix="pareto-bench-")) / "original.onnx"
+        path = save_model(handle.proto, tmp)
+    yield Progress(0.6, "benchmarking the original")
+    metrics += bench_model(Path(path), settings, ctx.sub(0.6, 1.0))
+    yield Progress(1.0, "done")
+    return metrics
+
+
+def apply_and_measure_job(
+    ctx: JobContext,
+    *,
+    handle: ModelHandle,
+    recipe: Recipe,
+    data: Dataset,
+    calibration: dict[str, np.ndarray] | None,
+    settings: MeasureSettings,
+    out_dir: Path,
+    label: str,
+    registry: Registry | None = None,
+) -> Generator[Progress, None, VariantEntry]:
+    """compress -> evaluate (accuracy with labels, else fidelity) -> size on disk + latency.
+
+    The variant file is written to a hidden temp name and renamed only when every measurement
+    succeeded, so a cancelled or failed job leaves no partial file behind."""
+    from studio.core.pipeline import compress
+
+    yield Progress(0.0, "compressing")
+    variant = _forward(compress(handle, recipe, calibration=calibration, registry=registry), ctx.sub(0, 0.45))
+    yield Progress(0.45, "evaluating")
+    ref = handle.proto if data.labels is None else None
+    metrics = evaluate(variant.proto, data, reference=ref, threads=settings.threads, ctx=ctx.sub(0.45, 0.7))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vid = variant.id or label
+    final = out_dir / f"{vid}.onnx"
+    tmp = out_dir / f".{vid}.onnx.partial"
+    try:
+        save_model(variant.proto, tmp)
+        metrics += disk_size(tmp)
+        yield Progress(0.72, "benchmarking")
+        metrics += bench_model(tmp, settings, ctx.sub(0.72, 1.0))
+        ctx.check()
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    variant.metrics = list(metrics)
+    yield Progress(1.0, "done")
+    return VariantEntry(vid, label, recipe, metrics, final, False, variant, list(variant.warnings))
