@@ -94,7 +94,9 @@ class ChannelGroup:
     def describe(self) -> str:
         mids = [f"BN {b}" for b in self.batchnorms] + [f"depthwise {d}" for d in self.depthwise]
         ends = ", ".join(c.node for c in self.consumers)
-        return f"{self.root} ({self.channels} ch)" + (f" via {', '.join(mids)}" if mids else "") + f" -> {ends}"
+        return (
+            f"{self.root} ({self.channels} ch)" + (f" via {', '.join(mids)}" if mids else "") + f" -> {ends}"
+        )
 
 
 # ---------------------------------------------------------------------- analysis
@@ -193,7 +195,9 @@ def find_group(idx: GraphIndex, node: onnx.NodeProto) -> ChannelGroup:
         t = queue.pop()
         lay = g.tensors[t]
         if t in idx.graph_outputs:
-            raise Refused(f"its channels reach the model output {t!r} (pruning would change the output shape)")
+            raise Refused(
+                f"its channels reach the model output {t!r} (pruning would change the output shape)"
+            )
         for n in idx.consumers.get(t, []):
             if n.name in seen:
                 continue
@@ -365,7 +369,9 @@ def set_input_array(model: onnx.ModelProto, node: onnx.NodeProto, i: int, array:
     if name and not shared:
         for k, t in enumerate(model.graph.initializer):
             if t.name == name:
-                model.graph.initializer[k].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
+                model.graph.initializer[k].CopyFrom(
+                    numpy_helper.from_array(np.ascontiguousarray(array), name)
+                )
                 return
     existing = {t.name for t in model.graph.initializer} | {x for n in model.graph.node for x in n.input}
     new_name = unique_name(existing, f"{node.name}/pruned_{i}")

@@ -19,7 +19,7 @@ from studio.core.evaluate import Dataset, check_dataset, make_session
 from studio.core.onnx_utils import GraphIndex, get_attr, set_attr, tensor_array
 
 MAX_ROWS = 16384  # rows of the least-squares system (samples x positions or tokens)
-RIDGE = 1e-2  # relative to the mean feature energy
+RIDGE = 1e-1  # relative to the mean feature energy
 BIAS_RIDGE = 1e-3  # relative to RIDGE
 # Output columns whose energy is this many times the median are "massive activations" (attention
 # sinks in transformers, present on a few tokens only): a linear refit smears them over every
@@ -31,17 +31,16 @@ def capture(
     model: onnx.ModelProto, names: list[str], inputs: dict[str, np.ndarray], *, batch_size: int = 64
 ) -> dict[str, np.ndarray]:
     """Run ``model`` with ORT and return the intermediate tensors ``names`` over ``inputs``."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = _upstream(model, names)
     elem = {
         vi.name: vi.type.tensor_type.elem_type for vi in m.graph.value_info if vi.type.HasField("tensor_type")
     }
     # Stale intermediate shapes (from before pruning) would make ORT reject the graph.
     del m.graph.value_info[:]
-    have = {o.name for o in m.graph.output}
+    # Only the captured tensors are outputs, so ORT drops the layers after them.
+    del m.graph.output[:]
     for name in names:
-        if name not in have:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem.get(name, 1), None))
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem.get(name, 1), None))
     sess = make_session(m)
     ds = Dataset(dict(inputs), source="calibration")
     check_dataset(ds, sess)
@@ -50,6 +49,36 @@ def capture(
         for n, r in zip(names, sess.run(names, feed)):
             parts[n].append(np.asarray(r, dtype=np.float32))
     return {n: np.concatenate(v, axis=0) for n, v in parts.items()}
+
+
+def _upstream(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy holding only the nodes and initializers ``names`` depend on (less to serialise)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    need, stack, keep_nodes = set(), list(names), set()
+    while stack:
+        v = stack.pop()
+        if v in need:
+            continue
+        need.add(v)
+        p = producer.get(v)
+        if p is not None and id(p) not in keep_nodes:
+            keep_nodes.add(id(p))
+            stack.extend(i for i in p.input if i)
+            for a in p.attribute:  # subgraphs may read outer values
+                for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    stack.extend(i for sn in sg.node for i in sn.input if i)
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.graph.name = model.graph.name
+    m.graph.node.extend(n for n in model.graph.node if id(n) in keep_nodes)
+    m.graph.initializer.extend(t for t in model.graph.initializer if t.name in need)
+    inits = {t.name for t in model.graph.initializer}
+    # Every real model input stays (the feed names them all); initializer-inputs only when used.
+    m.graph.input.extend(i for i in model.graph.input if i.name not in inits or i.name in need)
+    m.functions.extend(model.functions)
+    m.graph.value_info.extend(model.graph.value_info)
+    return m
 
 
 @dataclass

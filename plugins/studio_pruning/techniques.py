@@ -218,7 +218,9 @@ class ChannelPruning(BaseTechnique):
         rank = len(layer.weight_shape)
         if layer.op_type == "Conv":
             if (layer.attrs.get("group", 1) or 1) != 1:
-                return no("grouped / depthwise conv: its channels follow its input; prune the layer feeding it")
+                return no(
+                    "grouped / depthwise conv: its channels follow its input; prune the layer feeding it"
+                )
             if rank < 3:
                 return no("conv weight has fewer than 3 dims")
         elif rank != 2:
@@ -296,7 +298,12 @@ class ChannelPruning(BaseTechnique):
                             continue
                     else:
                         r = refit_linear(
-                            m, c.node, x_orig[c.input_tensor], cur[c.input_tensor], expand(keep, c.block), ctx.seed
+                            m,
+                            c.node,
+                            x_orig[c.input_tensor],
+                            cur[c.input_tensor],
+                            expand(keep, c.block),
+                            ctx.seed,
                         )
                     fits.append((c, r))
             prune_group(m, g, keep)
@@ -315,7 +322,12 @@ class ChannelPruning(BaseTechnique):
                     "kept": int(k),
                     "consumers": [c.node for c in g.consumers],
                     "refit": [
-                        {"node": c.node, "rows": r.rows, "rel_err_sliced": r.err_before, "rel_err_refit": r.err_after}
+                        {
+                            "node": c.node,
+                            "rows": r.rows,
+                            "rel_err_sliced": r.err_before,
+                            "rel_err_refit": r.err_after,
+                        }
                         for c, r in fits
                     ],
                 }

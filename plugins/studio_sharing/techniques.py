@@ -20,6 +20,7 @@ from studio.core.onnx_utils import (
     all_names,
     remove_unused_initializers,
     tensor_array,
+    topo_sort,
     unique_name,
 )
 from studio.plugin_api.technique import YES, BaseTechnique, LayerEstimate, Params, Stage, no
@@ -186,6 +187,7 @@ class KMeansSharing(BaseTechnique):
                 nodes.append(n)
             del model.graph.node[:]
             model.graph.node.extend(nodes)
+            topo_sort(model)  # a tied weight's later consumers may come first in the graph
         remove_unused_initializers(model)
         for lname, info in report.items():
             _set_metadata(model, METADATA_PREFIX + lname, json.dumps(info))

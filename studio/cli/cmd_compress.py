@@ -8,6 +8,7 @@ ratio. Every figure printed says what it is. Recipe problems exit 2 before anyth
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def resolve_data_path(spec: str, recipe_path: str | None) -> str:
         return spec
     beside = Path(recipe_path).parent / p
     if beside.exists():
-        return str(beside)
+        return os.path.normpath(beside)
     return spec
 
 

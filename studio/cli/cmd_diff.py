@@ -56,7 +56,8 @@ def print_diff(d, la: str, lb: str, *, show_all: bool = False) -> None:
 
     from studio.core.diff import _fmt, _ratio
 
-    con = Console()
+    # Piped output (grep, files) gets wide rows instead of wrapped cells.
+    con = Console() if sys.stdout.isatty() else Console(width=220)
     con.print(f"[bold]{la}[/] → [bold]{lb}[/]  (structure read from the graphs: estimated, not measured)")
     t = Table(show_lines=False)
     for col in ("layer", "op", "params", "MACs/sample", "weight bytes", "precision", "changes"):

@@ -18,6 +18,4 @@ def run(args) -> int:
         from studio.gui.app import run as run_gui
     except ImportError as e:
         raise StudioError(f"the GUI needs PySide6 ({e})", hint="pip install 'pareto-studio[gui]'") from None
-    return run_gui(
-        Path(args.model) if args.model else None, Path(args.workspace) if args.workspace else None
-    )
+    return run_gui(Path(args.model) if args.model else None, Path(args.workspace) if args.workspace else None)

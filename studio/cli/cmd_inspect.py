@@ -144,7 +144,9 @@ def run(args) -> int:
         t = Table(title=title)
         cols = ("layer", "op", "input → output", "weight", "params", "MACs/sample", "size", "dtype", "zeros")
         for col in cols:
-            t.add_column(col, justify="right" if col in ("params", "MACs/sample", "size", "zeros") else "left")
+            t.add_column(
+                col, justify="right" if col in ("params", "MACs/sample", "size", "zeros") else "left"
+            )
         for la in layers:
             act_in, act_out = _activation_shapes(la)
             sp = "-" if la.stats is None else f"{100 * la.stats.sparsity:.1f}%"

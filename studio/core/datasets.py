@@ -83,7 +83,9 @@ def read_png(path: Path) -> np.ndarray:
         elif f == 2:
             cur = (line + prev) & 0xFF
         elif f == 1:  # Sub: a running sum per byte position within the pixel
-            cur = np.cumsum(np.pad(line, (0, (-stride) % bpp)).reshape(-1, bpp), axis=0).ravel()[:stride] & 0xFF
+            cur = (
+                np.cumsum(np.pad(line, (0, (-stride) % bpp)).reshape(-1, bpp), axis=0).ravel()[:stride] & 0xFF
+            )
         elif f in (3, 4):  # Average / Paeth depend on the decoded left byte: plain Python loop
             c_line, up = line.tolist(), prev.tolist()
             for x in range(stride):

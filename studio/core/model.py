@@ -218,7 +218,13 @@ def infer_shapes_inplace(proto: onnx.ModelProto) -> list[str]:
     lg = light.graph
     lg.name = g.name
     lg.input.extend(g.input)
-    lg.output.extend(g.output)
+    # Outputs without their declared shapes: non-strict inference would otherwise keep a wrong
+    # declared shape silently, and the mismatch check below could never fire.
+    for o in g.output:
+        lo = lg.output.add()
+        lo.CopyFrom(o)
+        if lo.type.HasField("tensor_type"):
+            lo.type.tensor_type.ClearField("shape")
     lg.node.extend(g.node)
     declared = {i.name for i in g.input}
     for t in g.initializer:

@@ -87,7 +87,9 @@ def resolve_plan(analysis: ModelAnalysis, recipe: Recipe, registry: Registry | N
                 raise _param_error(e, lname, stage) from None
             sup = tech.applies_to(layer)
             if not sup:
-                if lname in explicit:
+                # Only a step written on this exact layer is a hard error; one inherited from
+                # defaults/globs is skipped like on any other layer.
+                if lname in explicit and stage in recipe.layers[lname].model_fields_set:
                     raise RecipeError(
                         f"{step.technique} cannot handle this layer: {sup.reason}", layer=lname, field=stage
                     )
@@ -245,6 +247,7 @@ def compress(
         )
         ctx.extras["torch_source"] = model.torch_source
         ctx.extras["model_handle"] = model
+        ctx.extras["recipe"] = recipe  # fine-tuning rebuilds the whole recipe in the source framework
         try:
             new = tech.apply(proto, mapped, ctx)
         except (StudioError, JobCancelled):

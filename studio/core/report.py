@@ -65,6 +65,15 @@ def pick_quality_metric(metric_sets: list[list[Metric]]) -> str | None:
     return best
 
 
+def plot_metrics(metric_sets: list[list[Metric]]) -> list[str]:
+    """Quality metrics worth a plot: accuracy (top1) if measured, and fidelity (cosine_mean, else
+    top1_agreement) if measured: two views, because accuracy often saturates on small eval sets."""
+    have = {m.name for ms in metric_sets for m in ms}
+    out = ["top1"] if "top1" in have else []
+    fid = next((n for n in ("cosine_mean", "top1_agreement") if n in have), None)
+    return out + ([fid] if fid else [])
+
+
 def pareto_front(points: list[PlotPoint]) -> list[PlotPoint]:
     """Points no other point beats on both size (smaller) and quality (higher); flags on_front."""
     front = []
@@ -81,10 +90,13 @@ def pareto_front(points: list[PlotPoint]) -> list[PlotPoint]:
 
 
 def plot_points(
-    original_metrics: list[Metric], variants: list[tuple[str, list[Metric], float | None]]
+    original_metrics: list[Metric],
+    variants: list[tuple[str, list[Metric], float | None]],
+    ymetric: str | None = None,
 ) -> tuple[list[PlotPoint], str | None]:
-    """Plot points of (label, metrics, fallback size) + the original; returns (points, y metric)."""
-    ymetric = pick_quality_metric([original_metrics] + [ms for _, ms, _ in variants])
+    """Plot points of (label, metrics, fallback size) + the original; returns (points, y metric).
+    Without `ymetric`, the first of Y_METRICS that most points have is used."""
+    ymetric = ymetric or pick_quality_metric([original_metrics] + [ms for _, ms, _ in variants])
     pts: list[PlotPoint] = []
     if ymetric is None:
         return pts, None
@@ -137,10 +149,29 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
-def tradeoff_svg(points: list[PlotPoint], ymetric: str, *, width: int = 760, height: int = 420) -> str:
+def _place_label(x, y, w, taken, bounds, h: float = 14):
+    """A free box for a label near (x, y): beside the point first, then further up/down."""
+    x0, y0, x1, y1 = bounds
+
+    def free(b):
+        inside = b[0] >= x0 + 1 and b[2] <= x1 - 1 and b[1] >= y0 + 1 and b[3] <= y1 - 1
+        return inside and all(b[2] < t[0] or b[0] > t[2] or b[3] < t[1] or b[1] > t[3] for t in taken)
+
+    tries = []
+    for k in range(0, 10):
+        for dy in (-h - 1 - h * k, 1 + h * k) if k else (-h / 2, -h - 2, 2):
+            tries.append(((x + 8, y + dy, x + 8 + w, y + dy + h), "start"))
+            tries.append(((x - 8 - w, y + dy, x - 8, y + dy + h), "end"))
+    for box, anchor in tries:
+        if free(box):
+            return box, anchor
+    return tries[0]
+
+
+def tradeoff_svg(points: list[PlotPoint], ymetric: str, *, width: int = 540, height: int = 380) -> str:
     """Scatter of quality vs size with the Pareto front; every point labelled with its kind."""
     e = html.escape
-    ml, mr, mt, mb = 72, 40, 28, 58
+    ml, mr, mt, mb = 62, 14, 30, 46
     pw, ph = width - ml - mr, height - mt - mb
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
@@ -176,13 +207,14 @@ def tradeoff_svg(points: list[PlotPoint], ymetric: str, *, width: int = 760, hei
     qpad = (max(qs) - min(qs)) * 0.12 or 0.01
     ylo, yhi = min(qs) - qpad, max(qs) + qpad
     if ymetric in ("top1", "top1_agreement", "cosine_mean"):
-        yhi = min(yhi, 1.0 + qpad * 0.5)
+        yhi = min(yhi, 1.0 + qpad * 0.3)
 
     def fy(v):
         return mt + (1 - (v - ylo) / (yhi - ylo)) * ph
 
     # grid + axes
-    for t in _nice_ticks(ylo, yhi):
+    bounded = ymetric in ("top1", "top5", "top1_agreement", "cosine_mean", "cosine_min")
+    for t in [t for t in _nice_ticks(ylo, yhi) if not bounded or t <= 1.0 + 1e-9]:
         y = fy(t)
         out.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{ml + pw}" y2="{y:.1f}" stroke="#ececec"/>')
         out.append(f'<text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555">{t:.4g}</text>')
@@ -209,19 +241,19 @@ def tradeoff_svg(points: list[PlotPoint], ymetric: str, *, width: int = 760, hei
         for b in front[1:]:
             d += f" H{fx(b.size_bytes):.1f} V{fy(b.quality):.1f}"
         out.append(f'<path d="{d}" fill="none" stroke="#d9822b" stroke-width="1.5" stroke-dasharray="5 3"/>')
-    # points, then labels placed to avoid each other
-    placed: list[tuple[float, float, float, float]] = []
-    for p in sorted(points, key=lambda p: p.size_bytes):
-        x, y = fx(p.size_bytes), fy(p.quality)
+    # points first (they are obstacles for labels), then labels
+    order = sorted(points, key=lambda p: (p.size_bytes, -p.quality))
+    xy = [(fx(p.size_bytes), fy(p.quality)) for p in order]
+    for p, (x, y) in zip(order, xy):
         color = KIND_COLOR.get(p.quality_kind, "#444")
         if p.is_original:
             r = 7
-            pts = " ".join(
+            star = " ".join(
                 f"{x + r * math.cos(math.pi / 2 + k * math.pi / 5) * (1 if k % 2 == 0 else 0.45):.1f},"
                 f"{y - r * math.sin(math.pi / 2 + k * math.pi / 5) * (1 if k % 2 == 0 else 0.45):.1f}"
                 for k in range(10)
             )
-            out.append(f'<polygon points="{pts}" fill="#b5651d" stroke="#222" stroke-width="0.8"/>')
+            out.append(f'<polygon points="{star}" fill="#b5651d" stroke="#222" stroke-width="0.8"/>')
         elif p.quality_kind == "estimated":
             out.append(
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="#fff" stroke="{color}" stroke-width="2"/>'
@@ -229,34 +261,35 @@ def tradeoff_svg(points: list[PlotPoint], ymetric: str, *, width: int = 760, hei
         else:
             ring = ' stroke="#d9822b" stroke-width="2"' if p.on_front else ' stroke="#fff" stroke-width="1"'
             out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}"{ring}/>')
+    taken = [(x - 6, y - 6, x + 6, y + 6) for x, y in xy]
+    for p, (x, y) in zip(order, xy):
         glyph = "★" if p.is_original else GLYPH.get(p.quality_kind, "")
-        n = f", n={p.n_samples}" if p.n_samples else ""
-        text = f"{p.label} · {glyph} {p.quality_kind}{n}"
-        w = 6.1 * len(text)
-        lx, ly = x + 9, y - 8
-        if lx + w > ml + pw:
-            lx = x - 9 - w
-        for _ in range(12):
-            box = (lx, ly - 10, lx + w, ly + 3)
-            if not any(
-                not (box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3]) for b in placed
-            ):
-                break
-            ly += 14
-        placed.append((lx, ly - 10, lx + w, ly + 3))
-        out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="{color}">{e(text)}</text>')
-    # legend
-    lx, ly = ml + 10, mt + ph - 52
+        text = f"{p.label} {glyph}"
+        box, anchor = _place_label(x, y, 6.3 * len(text) + 4, taken, (ml, mt, ml + pw, mt + ph))
+        taken.append(box)
+        tx = box[0] + 2 if anchor == "start" else box[2] - 2
+        ty = box[3] - 3
+        if abs((box[1] + box[3]) / 2 - y) > 16:  # far from its point: draw a leader line
+            ly = box[3] if box[3] < y else box[1]
+            out.append(
+                f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{min(max(x, box[0]), box[2]):.1f}" y2="{ly:.1f}" '
+                'stroke="#bbb" stroke-width="0.8"/>'
+            )
+        color = KIND_COLOR.get(p.quality_kind, "#444")
+        out.append(f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" fill="{color}">{e(text)}</text>')
+    # legend: one row in the top margin, never over the data
+    lx, ly = ml, 16
+    for text, color in (
+        ("● measured", "#1b7f3b"),
+        ("◐ fidelity", "#2358a6"),
+        ("○ estimated", "#8a8a8a"),
+        ("★ original", "#b5651d"),
+    ):
+        out.append(f'<text x="{lx}" y="{ly}" fill="{color}">{text}</text>')
+        lx += 6.4 * len(text) + 14
     out.append(
-        f'<rect x="{lx - 6}" y="{ly - 12}" width="236" height="60" fill="#fff" fill-opacity="0.9" stroke="#ddd"/>'
-    )
-    out.append(f'<text x="{lx}" y="{ly}" fill="#1b7f3b">● measured (labels)</text>')
-    out.append(f'<text x="{lx + 118}" y="{ly}" fill="#2358a6">◐ fidelity (vs original)</text>')
-    out.append(f'<text x="{lx}" y="{ly + 16}" fill="#8a8a8a">○ estimated</text>')
-    out.append(f'<text x="{lx + 118}" y="{ly + 16}" fill="#b5651d">★ original</text>')
-    out.append(
-        f'<line x1="{lx}" y1="{ly + 29}" x2="{lx + 24}" y2="{ly + 29}" stroke="#d9822b" stroke-width="1.5" '
-        f'stroke-dasharray="5 3"/><text x="{lx + 30}" y="{ly + 33}" fill="#555">Pareto front</text>'
+        f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 22}" y2="{ly - 4}" stroke="#d9822b" stroke-width="1.5" '
+        f'stroke-dasharray="5 3"/><text x="{lx + 27}" y="{ly}" fill="#555">Pareto front</text>'
     )
     out.append("</svg>")
     return "\n".join(out)
@@ -342,11 +375,15 @@ def write_report(
 
         reproduce_cmd = default_reproduce(original, RECIPE_FILE)
     labelled = [(_label(v, i), list(ms), _fallback_size(v)) for i, (v, ms) in enumerate(variants)]
-    pts, ymetric = plot_points(original_metrics, labelled)
-    svg = tradeoff_svg(pts, ymetric) if ymetric else ""
+    plots = []  # (y metric, points, svg, file name): accuracy first, then fidelity
+    for ym in plot_metrics([original_metrics] + [ms for _, ms, _ in labelled]):
+        pts, _ = plot_points(original_metrics, labelled, ym)
+        if pts:
+            fname = SVG_FILE if not plots else f"tradeoff_{ym}.svg"
+            plots.append((ym, pts, tradeoff_svg(pts, ym), fname))
     _write(out_dir / RECIPE_FILE, recipe.dump("yaml"))
-    if svg:
-        _write(out_dir / SVG_FILE, svg)
+    for _, _, svg, fname in plots:
+        _write(out_dir / fname, svg)
 
     from studio.core.report_md import render_markdown, report_data
 
@@ -361,15 +398,13 @@ def write_report(
     data["title"] = title or data["title"]
     data["recipe_yaml"] = recipe.dump("yaml")
     md = render_markdown(main_v, original, data=data)
-    extra = _md_extra(pts, ymetric, labelled, diff, verification if not export_style else None, bool(svg))
+    extra = _md_extra(plots, labelled, diff, verification if not export_style else None)
     marker = "\n## Reproduce"
     md = md.replace(marker, "\n" + extra + marker, 1) if marker in md else md + "\n" + extra
     md_path = _write(out_dir / MD_FILE, md)
     page = _html(
         data,
-        pts,
-        ymetric,
-        svg,
+        plots,
         labelled,
         diff,
         verification,
@@ -406,19 +441,28 @@ def _diff_rows(diff: ModelDiff) -> list[dict]:
     return rows
 
 
-def _md_extra(pts, ymetric, labelled, diff, generic_verification, has_svg) -> str:
+def _md_extra(plots, labelled, diff, generic_verification) -> str:
     from studio.core.report_md import metric_line
 
     out = ["## Trade-off", ""]
-    if has_svg:
-        out += [f"![{ymetric} vs size]({SVG_FILE})", ""]
-        out += [f"| point | size | {ymetric} | kind | samples | Pareto front |", "|---|---|---|---|---|---|"]
-        for p in sorted(pts, key=lambda p: p.size_bytes):
-            out.append(
-                f"| {'★ ' if p.is_original else ''}{p.label} | {_fmt_bytes(p.size_bytes)} ({p.size_kind}) | "
-                f"{p.quality:.4g} | {GLYPH.get(p.quality_kind, '')} {p.quality_kind} | "
-                f"{p.n_samples if p.n_samples else '—'} | {'yes' if p.on_front else ''} |"
-            )
+    if plots:
+        out += [f"![{ym} vs size]({fname})" for ym, _, _, fname in plots] + [""]
+        head = (
+            "| point | size |" + "".join(f" {ym} | kind | samples |" for ym, *_ in plots) + " Pareto front |"
+        )
+        out += [head, "|---|---|" + "---|---|---|" * len(plots) + "---|"]
+        by_plot = [{p.label: p for p in pts} for _, pts, _, _ in plots]
+        for p in sorted(plots[0][1], key=lambda p: p.size_bytes):
+            row = f"| {'★ ' if p.is_original else ''}{p.label} | {_fmt_bytes(p.size_bytes)} ({p.size_kind}) |"
+            for pp in by_plot:
+                q = pp.get(p.label)
+                row += (
+                    f" {q.quality:.4g} | {GLYPH.get(q.quality_kind, '★')} {q.quality_kind} | {q.n_samples or '—'} |"
+                    if q
+                    else " — | | |"
+                )
+            out.append(row + f" {'yes' if p.on_front else ''} |")
+        out += ["", "Pareto front: no other point is both smaller and better (first plot's metric)."]
     else:
         out.append("No accuracy or fidelity was measured, so there is nothing to plot.")
     if len(labelled) > 1:
@@ -486,7 +530,7 @@ pre{background:#f3f5f7;border:1px solid #e3e6ea;border-radius:6px;padding:10px 1
 .k-measured{color:#1b7f3b}.k-fidelity{color:#2358a6}.k-estimated{color:#8a8a8a}.k-reference{color:#b5651d}
 .ok{color:#1b7f3b;font-weight:600}.bad{color:#b3261e;font-weight:600}
 .unchanged td{color:#8a8f98}.chg{margin:0;padding-left:16px}
-figure{margin:8px 0}figcaption{color:#5b6472;font-size:12px}
+figure{margin:8px 0}.plots{display:flex;flex-wrap:wrap;gap:8px}.plots svg{border:1px solid #e3e6ea;border-radius:6px}figcaption{color:#5b6472;font-size:12px}
 """
 
 
@@ -518,9 +562,41 @@ def _metrics_table(ms: list[Metric]) -> str:
     )
 
 
-def _html(
-    data, pts, ymetric, svg, labelled, diff, verification, export_style, main_label, original_metrics
-) -> str:
+METRIC_ORDER = ("size_bytes", "top1", "top5", "top1_agreement", "cosine_mean", "cosine_min", "sqnr_db")
+
+
+def _metrics_matrix(rows: list[tuple[str, list[Metric]]], highlight: str = "") -> str:
+    """One row per model, one column per metric; each cell shows its kind glyph; samples and data
+    source close the row (listed in full when a row mixes several)."""
+    e = html.escape
+    names = [n for n in METRIC_ORDER if any(m.name == n for _, ms in rows for m in ms)]
+    names += sorted({m.name for _, ms in rows for m in ms} - set(names))
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    out = [f"<table><tr><th>model</th>{head}<th>samples</th><th>data source</th></tr>"]
+    for label, ms in rows:
+        cells = []
+        for n in names:
+            m = _best(ms, n)
+            cells.append(
+                f"<td class=num>{_metric_value(m)} <span class=k-{m.kind} title='{m.kind}'>{GLYPH[m.kind]}</span></td>"
+                if m
+                else "<td class=num>—</td>"
+            )
+        ns = sorted({m.n_samples for m in ms if m.n_samples})
+        srcs = sorted({m.source for m in ms if m.n_samples})
+        style = " style='font-weight:600'" if label == highlight else ""
+        out.append(
+            f"<tr><td{style}>{e(label)}</td>{''.join(cells)}<td class=num>{', '.join(map(str, ns)) or '—'}</td>"
+            f"<td><code>{e(', '.join(srcs)) or 'file on disk'}</code></td></tr>"
+        )
+    out.append(
+        "</table><p class=sub>● measured · ◐ fidelity (agreement with the original's outputs) · "
+        "○ estimated; size_bytes is measured on disk.</p>"
+    )
+    return "".join(out)
+
+
+def _html(data, plots, labelled, diff, verification, export_style, main_label, original_metrics) -> str:
     e = html.escape
     m = data["model"]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
@@ -533,6 +609,7 @@ def _html(
     ]
     # headline cards: measured size + quality when we have them, structural ratios otherwise
     cards = []
+    pts, ymetric = (plots[0][1], plots[0][0]) if plots else ([], "")
     orig_pt = next((p for p in pts if p.is_original), None)
     main_pt = next((p for p in pts if not p.is_original and p.label == main_label), None)
     if orig_pt and main_pt:
@@ -550,35 +627,28 @@ def _html(
         )
         + "</div>"
     )
-    # model summary
-    parts.append("<h2>Model</h2><table><tr><th></th><th>before</th><th>after</th></tr>")
-    parts.append(
-        f"<tr><td>weight bytes (estimated, graph)</td><td class=num>{_fmt_bytes(m['weight_bytes_before'])}</td>"
-        f"<td class=num>{_fmt_bytes(m['weight_bytes_after'])}</td></tr>"
-        f"<tr><td>layers with weights</td><td class=num>{m['layers']}</td><td class=num>{len(diff.layers)}</td></tr>"
-        "</table>"
-    )
-    io = "; ".join(f"<code>{e(n)}</code> {e(str(s))} {e(t)}" for n, s, t in m["inputs"])
-    oo = "; ".join(f"<code>{e(n)}</code> {e(str(s))} {e(t)}" for n, s, t in m["outputs"])
-    parts.append(f"<p class=sub>Inputs: {io}<br>Outputs: {oo}<br>Opsets: {e(str(m['opsets']))}</p>")
     # trade-off
     parts.append("<h2>Trade-off</h2>")
-    if svg:
+    if plots:
+        parts.append("<div class=plots>")
+        for ym, _, svg, _ in plots:
+            what = "accuracy on labelled data" if ym == "top1" else "agreement with the original's outputs"
+            parts.append(
+                f"<figure>{svg}<figcaption><b>{e(ym)}</b> ({what}) against model size.</figcaption></figure>"
+            )
         parts.append(
-            f"<figure>{svg}<figcaption>{e(ymetric)} against model size; ★ is the original, the dashed "
-            "line is the Pareto front (nothing else is both smaller and better). Each label says how "
-            "its quality number was obtained.</figcaption></figure>"
+            "</div><p class=sub>★ is the original; the dashed line is the Pareto front (nothing else is "
+            "both smaller and better); the glyph after each name says how its number was obtained "
+            "(● measured, ◐ fidelity, ○ estimated).</p>"
         )
     else:
         parts.append("<p>No accuracy or fidelity was measured, so there is nothing to plot.</p>")
     # variants + metrics
-    parts.append("<h2>Measured metrics</h2>")
-    if original_metrics:
-        parts.append("<h3>original</h3>" + _metrics_table(original_metrics))
-    for label, ms, _ in labelled:
-        parts.append(f"<h3>{e(label)}</h3>" + _metrics_table(ms))
-    # recipe
-    parts.append(f"<h2>Recipe</h2><pre>{e(data['recipe_yaml'])}</pre>")
+    parts.append("<h2>Metrics</h2>")
+    rows = ([("★ original", original_metrics)] if original_metrics else []) + [
+        (lb, ms) for lb, ms, _ in labelled
+    ]
+    parts.append(_metrics_matrix(rows, main_label))
     # per-layer table (structural diff)
     parts.append(
         "<h2>Layers: before → after</h2><p class=sub>Read from the two graphs (estimated, not measured).</p>"
@@ -595,6 +665,8 @@ def _html(
             f"<td class=num>{e(r['bytes'])}</td><td>{e(r['precision'])}</td><td><ul class=chg>{chg}</ul></td></tr>"
         )
     parts.append("</table>")
+    # recipe
+    parts.append(f"<h2>Recipe</h2><pre>{e(data['recipe_yaml'])}</pre>")
     # diff summary
     parts.append("<h2>Structural diff</h2><ul>")
     parts += [f"<li>{e(line)}</li>" for line in diff.summary_lines()[:4]]
@@ -611,6 +683,17 @@ def _html(
             + "</li>"
         )
     parts.append("</ul>")
+    # model summary
+    parts.append("<h2>Model</h2><table><tr><th></th><th>before</th><th>after</th></tr>")
+    parts.append(
+        f"<tr><td>weight bytes (estimated, graph)</td><td class=num>{_fmt_bytes(m['weight_bytes_before'])}</td>"
+        f"<td class=num>{_fmt_bytes(m['weight_bytes_after'])}</td></tr>"
+        f"<tr><td>layers with weights</td><td class=num>{m['layers']}</td><td class=num>{len(diff.layers)}</td></tr>"
+        "</table>"
+    )
+    io = "; ".join(f"<code>{e(n)}</code> {e(str(s))} {e(t)}" for n, s, t in m["inputs"])
+    oo = "; ".join(f"<code>{e(n)}</code> {e(str(s))} {e(t)}" for n, s, t in m["outputs"])
+    parts.append(f"<p class=sub>Inputs: {io}<br>Outputs: {oo}<br>Opsets: {e(str(m['opsets']))}</p>")
     # verification
     if verification:
         parts.append("<h2>Verification</h2>")

@@ -38,7 +38,9 @@ class PlanDelegate(QStyledItemDelegate):
 
     `commit(index, value)` applies a value; the default writes through `model.setData`."""
 
-    def __init__(self, session: Session, parent=None, commit: Callable[[QModelIndex, object], None] | None = None):
+    def __init__(
+        self, session: Session, parent=None, commit: Callable[[QModelIndex, object], None] | None = None
+    ):
         super().__init__(parent)
         self.session = session
         self.commit = commit

@@ -158,10 +158,11 @@ class LayerTableWidget(QWidget):
 
     def _after_reset(self) -> None:
         self.view.expandAll()
-        for c in (NAME,):
+        for c in range(self.model.columnCount()):
             self.view.resizeColumnToContents(c)
-        if self.view.columnWidth(NAME) > 360:
-            self.view.setColumnWidth(NAME, 360)
+            w = self.view.columnWidth(c) + 8
+            lo = 104 if c in PLAN_COL else 56  # plan cells grow when edited ("channels 50%")
+            self.view.setColumnWidth(c, min(max(w, lo), 320 if c == NAME else 150))
 
     def _current_changed(self, cur: QModelIndex, _prev: QModelIndex) -> None:
         src = self.proxy.mapToSource(cur)
@@ -202,7 +203,9 @@ class MainWindow(QMainWindow):
 
     variant_added = Signal(object)
 
-    def __init__(self, *, work_dir: Path | None = None, session: Session | None = None, auto_measure: bool = True):
+    def __init__(
+        self, *, work_dir: Path | None = None, session: Session | None = None, auto_measure: bool = True
+    ):
         super().__init__()
         self.setWindowTitle("Pareto Studio")
         self.session = session or Session(work_dir=work_dir)
@@ -237,19 +240,26 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
 
         # docks
-        self.inspector = InspectorView() if InspectorView is not None else _placeholder("Inspector unavailable")
+        self.inspector = (
+            InspectorView() if InspectorView is not None else _placeholder("Inspector unavailable")
+        )
         self.plot = TradeoffPlot()
         self.plot.variant_clicked.connect(self.restore_variant)
         self.jobs_panel = JobsPanel(self.jobs)
         self.inspector_dock = self._dock("Inspector", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea)
         self.plot_dock = self._dock("Trade-off", self.plot, Qt.DockWidgetArea.RightDockWidgetArea)
         self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+        # The right column (inspector over plot) spans the full height; jobs sit under the tabs.
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
 
         self.totals_label = QLabel("no model")
         self.statusBar().addPermanentWidget(self.totals_label)
         self._build_menus()
         self.setAcceptDrops(True)
         self.resize(1400, 860)
+        self.resizeDocks([self.inspector_dock, self.plot_dock], [560, 560], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.inspector_dock, self.plot_dock], [430, 370], Qt.Orientation.Vertical)
+        self.resizeDocks([self.jobs_dock], [150], Qt.Orientation.Vertical)
         self._default_state = self.saveState()
         self._restore_settings()
         # Graph colouring and workspace autosave follow the recipe, debounced.
@@ -279,7 +289,9 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         mb = self.menuBar()
         f = mb.addMenu("&File")
-        self.act_open = self._action(f, "&Open…", self.open_dialog, QKeySequence.StandardKey.Open, "open an ONNX or PyTorch model")
+        self.act_open = self._action(
+            f, "&Open…", self.open_dialog, QKeySequence.StandardKey.Open, "open an ONNX or PyTorch model"
+        )
         self.recent_menu = f.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         f.addSeparator()
@@ -288,7 +300,9 @@ class MainWindow(QMainWindow):
         self._action(f, "Load Recipe…", self.load_recipe_dialog)
         self.act_save_recipe = self._action(f, "Save Recipe…", self.save_recipe_dialog)
         f.addSeparator()
-        self.act_export = self._action(f, "&Export…", self.export_dialog, "Ctrl+E", "export a measured variant")
+        self.act_export = self._action(
+            f, "&Export…", self.export_dialog, "Ctrl+E", "export a measured variant"
+        )
         f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
 
@@ -311,8 +325,12 @@ class MainWindow(QMainWindow):
         j = mb.addMenu("&Jobs")
         self.act_measure = self._action(j, "Apply && &Measure", self.apply_and_measure, "Ctrl+M",
                                         "compress with the current recipe, then measure quality, size and latency")  # fmt: skip
-        self.act_eval = self._action(j, "&Evaluate", self.evaluate_selected, tip="re-measure quality of the selected variant")
-        self.act_bench = self._action(j, "&Benchmark", self.benchmark_selected, tip="re-measure latency of the selected variant")
+        self.act_eval = self._action(
+            j, "&Evaluate", self.evaluate_selected, tip="re-measure quality of the selected variant"
+        )
+        self.act_bench = self._action(
+            j, "&Benchmark", self.benchmark_selected, tip="re-measure latency of the selected variant"
+        )
         j.addSeparator()
         self._action(j, "Evaluation Data…", self.choose_eval_data)
         self._action(j, "Calibration Data…", self.choose_calib_data)
@@ -322,7 +340,14 @@ class MainWindow(QMainWindow):
 
     def _update_actions(self) -> None:
         has = self.session.handle is not None
-        for a in (self.act_measure, self.act_eval, self.act_bench, self.act_save_ws, self.act_save_recipe, self.act_clear):
+        for a in (
+            self.act_measure,
+            self.act_eval,
+            self.act_bench,
+            self.act_save_ws,
+            self.act_save_recipe,
+            self.act_clear,
+        ):
             a.setEnabled(has)
         self.act_export.setEnabled(any(not v.is_original for v in self.session.variants))
 
@@ -431,13 +456,18 @@ class MainWindow(QMainWindow):
         if InspectorView is not None:
             self.inspector.show_layer(None, s.handle.proto, None)
         self.plot.set_original_weight_bytes(float(s.analysis.total_weight_bytes))
+        self.plot.set_plan_estimate(None)
         self._refresh_plot()
         self._update_status()
         self._update_actions()
         name = s.handle.source_path.name if s.handle.source_path else s.handle.name
         self.setWindowTitle(f"{name} — Pareto Studio")
         data = s.eval_data or s.calib_data
-        what = f"evaluation data {data.name}" if data else "no data found beside the model (fidelity on random inputs)"
+        what = (
+            f"evaluation data {data.name}"
+            if data
+            else "no data found beside the model (fidelity on random inputs)"
+        )
         warn = f"; {len(s.analysis.warnings)} warning(s)" if s.analysis.warnings else ""
         self.message(f"opened {name}: {len(s.analysis.layers)} weighted layers; {what}{warn}")
         if self.auto_measure:
@@ -469,9 +499,6 @@ class MainWindow(QMainWindow):
 
     def _on_recipe_changed(self) -> None:
         self._update_status()
-        if self.session.estimates:
-            self.plot.set_plan_estimate(float(self.session.estimates.totals()[2]) if self.session.recipe.layers
-                                        or not self.session.recipe.defaults.is_empty() else None)  # fmt: skip
         self._recolor_timer.start()
         if self.workspace is not None:
             self._autosave_timer.start()
@@ -481,8 +508,13 @@ class MainWindow(QMainWindow):
             self.inspector.show_layer(la, self.session.handle.proto, self.session.effective_plan(la.name))
 
     def _recolor_graph(self) -> None:
+        """Debounced after edits: plan line on the plot and graph colours (both repaint slowly)."""
         s = self.session
-        if GraphView is None or s.estimates is None:
+        if s.estimates is None:
+            return
+        planned = bool(s.recipe.layers) or not s.recipe.defaults.is_empty()
+        self.plot.set_plan_estimate(float(s.estimates.totals()[2]) if planned else None)
+        if GraphView is None:
             return
         vals = {
             la.name: s.estimates.per_layer[la.name].weight_bytes / max(la.weight_bytes, 1)
@@ -532,7 +564,9 @@ class MainWindow(QMainWindow):
                 f"est. {fmt_count(m)} MACs {GLYPH['estimated']}"
             )
         self.totals_label.setText(text)
-        self.totals_label.setToolTip("model totals from the graph; values marked est. are estimated by formula")
+        self.totals_label.setToolTip(
+            "model totals from the graph; values marked est. are estimated by formula"
+        )
 
     # ------------------------------------------------------------------ variants
 
@@ -548,7 +582,9 @@ class MainWindow(QMainWindow):
         self.selected_variant = vid
         self.layer_model.set_recipe(e.recipe, f"Restore recipe of {e.label}")
         q = e.quality()
-        self.message(f"restored the recipe of {e.label}" + (f" ({q.name} {q.value:.4f}, {q.kind})" if q else ""))
+        self.message(
+            f"restored the recipe of {e.label}" + (f" ({q.name} {q.value:.4f}, {q.kind})" if q else "")
+        )
 
     # ------------------------------------------------------------------ jobs
 
@@ -584,7 +620,9 @@ class MainWindow(QMainWindow):
         got = self._data_or_error()
         if got is None:
             return None
-        fn = functools.partial(measure_original_job, handle=s.handle, data=got[0], settings=copy.copy(s.settings))
+        fn = functools.partial(
+            measure_original_job, handle=s.handle, data=got[0], settings=copy.copy(s.settings)
+        )
 
         def done(metrics):
             orig = s.original()
@@ -670,7 +708,9 @@ class MainWindow(QMainWindow):
             return None
         settings = copy.copy(self.session.settings)
         return self._start(
-            f"Benchmark {e.label}", lambda ctx: bench_model(e.onnx_path, settings, ctx), lambda ms: self._merge_metrics(e, ms)
+            f"Benchmark {e.label}",
+            lambda ctx: bench_model(e.onnx_path, settings, ctx),
+            lambda ms: self._merge_metrics(e, ms),
         )
 
     def _merge_metrics(self, e: VariantEntry, metrics) -> None:
@@ -679,13 +719,17 @@ class MainWindow(QMainWindow):
         self._refresh_plot()
 
     def choose_eval_data(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Evaluation data", "", "NumPy archives (*.npz);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Evaluation data", "", "NumPy archives (*.npz);;All files (*)"
+        )
         if path:
             self.session.eval_data = Path(path)
             self.message(f"evaluation data: {path}")
 
     def choose_calib_data(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Calibration data", "", "NumPy archives (*.npz);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Calibration data", "", "NumPy archives (*.npz);;All files (*)"
+        )
         if path:
             self.session.calib_data = Path(path)
             self.message(f"calibration data: {path}")
@@ -712,7 +756,9 @@ class MainWindow(QMainWindow):
         return True
 
     def save_recipe_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save recipe", "recipe.yaml", "Recipes (*.yaml *.toml *.json)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save recipe", "recipe.yaml", "Recipes (*.yaml *.toml *.json)"
+        )
         if path:
             self.session.recipe.save(path)
             self.message(f"recipe saved to {path}")
@@ -728,7 +774,9 @@ class MainWindow(QMainWindow):
         ws_mod = self._workspace_module()
         if ws_mod is None:  # build without workspaces: the recipe is the project file
             return self.save_recipe_dialog()
-        path, _ = QFileDialog.getSaveFileName(self, "Save workspace", "project.studio", "Workspaces (*.studio)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save workspace", "project.studio", "Workspaces (*.studio)"
+        )
         if path:
             self.save_workspace(Path(path))
 
@@ -873,4 +921,3 @@ class MainWindow(QMainWindow):
                 pass
         self._close_workspace()
         super().closeEvent(event)
-

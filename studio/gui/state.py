@@ -210,7 +210,11 @@ class EstimateCache:
         for stage, step in plan.steps():
             try:
                 tech = self.registry.get(step.technique)
-                params = tech.parse_params(step.params) if hasattr(tech, "parse_params") else tech.Params(**step.params)
+                params = (
+                    tech.parse_params(step.params)
+                    if hasattr(tech, "parse_params")
+                    else tech.Params(**step.params)
+                )
                 sup = tech.applies_to(layer)
                 if not sup:
                     notes.append(f"{stage}: {step.technique} skipped ({sup.reason})")
@@ -338,7 +342,9 @@ class Session:
     def open_handle(self, handle: ModelHandle) -> ModelHandle:
         """Make an already loaded model current: analysis, empty recipe, the original as variant."""
         path = handle.source_path
-        onnx_file = handle.onnx_path if handle.onnx_path and handle.onnx_path.suffix in ONNX_SUFFIXES else None
+        onnx_file = (
+            handle.onnx_path if handle.onnx_path and handle.onnx_path.suffix in ONNX_SUFFIXES else None
+        )
         analysis = analyze(handle.proto, file_bytes=onnx_file.stat().st_size if onnx_file else None)
         analysis.warnings.extend(handle.warnings)
         self.handle, self.analysis = handle, analysis
@@ -346,7 +352,7 @@ class Session:
         self.support = SupportCache(self.registry)
         self.estimates = EstimateCache(analysis, self.registry)
         self.eval_data, self.calib_data = find_demo_data(path) if path else (None, None)
-        size = disk_size(onnx_file) if onnx_file else []
+        size = [file_size(onnx_file)] if onnx_file else []
         name = path.name if path else handle.name
         self.variants = [VariantEntry("original", f"original ({name})", Recipe(), size, onnx_file, True)]
         self._counter = 0
@@ -438,6 +444,17 @@ def disk_size(path: Path) -> list[Metric]:
     except ImportError:
         return [Metric("size_bytes", float(path.stat().st_size), "measured", "file on disk", unit="B")]
     return size_on_disk(path)
+
+
+def file_size(path: Path) -> Metric:
+    """Bytes of the model file plus its external data (no zip pass: instant even for big models)."""
+    try:
+        from studio.core.bench import model_file_bytes
+
+        n = model_file_bytes(path)
+    except ImportError:
+        n = path.stat().st_size
+    return Metric("size_bytes", float(n), "measured", "file on disk", unit="B")
 
 
 def _bench_fallback(path: Path, settings: MeasureSettings, ctx: JobContext) -> list[Metric]:

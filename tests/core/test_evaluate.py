@@ -62,7 +62,10 @@ def write_png(path, img: np.ndarray, filters=(0, 1, 2, 3, 4)) -> None:
     ctype = {1: 0, 3: 2}[ch]
     ihdr = struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(body))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -100,7 +103,9 @@ def test_fidelity_drops_when_weights_change(digits_onnx, digits_calib):
     w = next(t for t in noisy.graph.initializer if t.name == "fc1.weight")
     arr = tensor_array(w)
     rng = np.random.default_rng(0)
-    replace_initializer(noisy, "fc1.weight", arr + rng.standard_normal(arr.shape).astype(np.float32) * arr.std())
+    replace_initializer(
+        noisy, "fc1.weight", arr + rng.standard_normal(arr.shape).astype(np.float32) * arr.std()
+    )
     ms = {m.name: m for m in evaluate(noisy, load_npz(digits_calib), reference=proto)}
     assert 0.0 < ms["cosine_mean"].value < 0.999
     assert ms["sqnr_db"].value < 40
@@ -131,16 +136,17 @@ def _digits_as_pngs(root, digits_eval, n_per_class=6, rgb=False, up=1):
 def test_png_decoder_round_trips_all_filters(tmp_path):
     rng = np.random.default_rng(5)
     cases = [
-        rng.integers(0, 256, (7, 9), dtype=np.uint8),
-        rng.integers(0, 256, (6, 5, 3), dtype=np.uint8),
-        rng.integers(0, 65536, (4, 6), dtype=np.uint16),
+        rng.integers(0, 256, (16, 24), dtype=np.uint8),
+        rng.integers(0, 256, (12, 10, 3), dtype=np.uint8),
+        rng.integers(0, 65536, (8, 12), dtype=np.uint16),
     ]
     for k, img in enumerate(cases):
-        p = tmp_path / f"img{k}.png"
-        write_png(p, img)
-        got = read_png(p)
-        assert got.dtype == img.dtype
-        np.testing.assert_array_equal(got, img)
+        for filters in ((0,), (1,), (2,), (3,), (4,), (0, 1, 2, 3, 4)):
+            p = tmp_path / f"img{k}_{len(filters)}_{filters[0]}.png"
+            write_png(p, img, filters)
+            got = read_png(p)
+            assert got.dtype == img.dtype
+            np.testing.assert_array_equal(got, img, err_msg=f"filters {filters}")
 
 
 def test_image_folder_gives_the_same_inputs_and_accuracy(tmp_path, digits_onnx, digits_eval):

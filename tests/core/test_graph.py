@@ -12,7 +12,13 @@ from studio.core.graph import analyze
 from studio.core.model import load_model, normalize, save_model
 from studio.core.onnx_utils import tensor_nbytes
 
-DIGITS_LAYERS = {"/conv1/conv1.0/Conv", "/conv2/conv2.0/Conv", "/conv3/conv3.0/Conv", "/fc1/Gemm", "/fc2/Gemm"}
+DIGITS_LAYERS = {
+    "/conv1/conv1.0/Conv",
+    "/conv2/conv2.0/Conv",
+    "/conv3/conv3.0/Conv",
+    "/fc1/Gemm",
+    "/fc2/Gemm",
+}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +113,9 @@ def _constant_weight_model() -> onnx.ModelProto:
 def test_constant_node_weights_become_visible_after_normalize():
     m = _constant_weight_model()
     x = np.random.default_rng(2).standard_normal((5, 4)).astype(np.float32)
-    before = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    before = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
     assert analyze(m).layers == []  # weights hidden in Constant nodes: nothing to see yet
     normalize(m)
     an = analyze(m)
@@ -116,7 +124,9 @@ def test_constant_node_weights_become_visible_after_normalize():
     assert an.layers[0].params == 12
     assert {t.name for t in m.graph.initializer} == {"W", "B"}
     assert not any(n.op_type == "Constant" for n in m.graph.node)
-    after = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    after = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
     np.testing.assert_array_equal(before[0], after[0])
 
 
@@ -137,7 +147,9 @@ def test_lstm_layer_found(tmp_path):
         ],
         initializer=[numpy_helper.from_array(a, n) for a, n in ((w, "W"), (r, "R"), (b, "B"))],
     )
-    path = save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), tmp_path / "lstm.onnx")
+    path = save_model(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), tmp_path / "lstm.onnx"
+    )
     h = load_model(path)
     an = analyze(h.proto)
     assert [la.name for la in an.layers] == ["rnn/LSTM"]

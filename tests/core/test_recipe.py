@@ -4,6 +4,7 @@ errors that name the layer and field, newer versions refused, params checked by 
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -271,3 +272,28 @@ def test_round_trip_property(layers, defaults):
     for fmt in ("yaml", "toml"):
         again = Recipe.loads(r.dump(fmt), fmt=fmt)
         assert again.resolve(LAYERS) == r.resolve(LAYERS)
+
+
+def test_inherited_step_on_a_named_layer_is_skipped_not_an_error(analysis, registry):
+    # The layer is named for another stage; the default prune step it inherits does not fit it.
+    r = Recipe.from_dict(
+        {"defaults": {"prune": "halve"}, "layers": {"/conv2/conv2.0/Conv": {"quantize": "bits"}}}
+    )
+    plan = resolve_plan(analysis, r, registry)
+    assert [s for s, _, _ in plan.per_layer["/conv2/conv2.0/Conv"]] == ["quantize"]
+    assert plan.skipped["/conv2/conv2.0/Conv"] == ["halve: only Gemm layers"]
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.*ml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_recipes_load_and_resolve(path, analysis):
+    r = Recipe.load(path)
+    assert r.name and r.description
+    if path.name.startswith("digits"):
+        # Resolve against the model with the installed techniques: every step validates.
+        plan = resolve_plan(analysis, r)
+        assert plan.per_layer
+        if r.calibration.data:
+            assert (path.parent / r.calibration.data).exists()  # relative to the recipe file

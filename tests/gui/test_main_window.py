@@ -86,7 +86,10 @@ def test_delegate_editor_applies_to_all_selected_rows(opened, qtbot):
     from PySide6.QtCore import QItemSelectionModel
 
     for name in (FC1, FC2):
-        sel.select(proxy.mapFromSource(m.index_of(name)), QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
+        sel.select(
+            proxy.mapFromSource(m.index_of(name)),
+            QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows,
+        )
     idx = proxy.mapFromSource(m.index_of(FC1, PRUNE))
     view.edit(idx)
     editor = view.indexWidget(idx)

@@ -296,3 +296,14 @@ def test_is_loopback_url():
     ]
     assert all(netron_view.is_loopback_url(u) for u in ok)
     assert not any(netron_view.is_loopback_url(u) for u in bad)
+
+
+def test_netron_without_webengine_shows_a_label(qtbot, monkeypatch, digits_onnx):
+    monkeypatch.setattr(netron_view, "HAVE_WEBENGINE", False)
+    view = netron_view.NetronView()
+    qtbot.addWidget(view)
+    assert not view.available
+    assert view.message_label.text() == "Netron view needs QtWebEngine (PySide6-Addons)"
+    view.show_model(Path(digits_onnx))  # a no-op, not a crash
+    assert view.temp_dir is None and view.url is None
+    view.shutdown()

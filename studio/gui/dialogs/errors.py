@@ -24,7 +24,9 @@ class ErrorDialog(QMessageBox):
         self.setStandardButtons(QMessageBox.StandardButton.Close)
 
 
-def show_error(parent: QWidget | None, title: str, message: str, details: str = "", hint: str = "") -> ErrorDialog:
+def show_error(
+    parent: QWidget | None, title: str, message: str, details: str = "", hint: str = ""
+) -> ErrorDialog:
     """Show a modal error dialog (returns it after it was closed)."""
     dlg = ErrorDialog(parent, title, message, details, hint)
     dlg.exec()

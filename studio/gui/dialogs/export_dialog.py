@@ -56,7 +56,9 @@ def summarize_verification(v: dict) -> str:
 class ExportDialog(QDialog):
     """Runs `studio.core.export.export_variant` in the job manager."""
 
-    def __init__(self, session: Session, jobs: JobManager, parent: QWidget | None = None, selected: str | None = None):
+    def __init__(
+        self, session: Session, jobs: JobManager, parent: QWidget | None = None, selected: str | None = None
+    ):
         super().__init__(parent)
         self.setWindowTitle("Export variant")
         self.session = session
@@ -137,7 +139,9 @@ class ExportDialog(QDialog):
             data = None
 
         def job(ctx):
-            return export_variant(variant, handle, out_dir, data=data, providers=None, formats=formats, ctx=ctx)
+            return export_variant(
+                variant, handle, out_dir, data=data, providers=None, formats=formats, ctx=ctx
+            )
 
         self.export_btn.setEnabled(False)
         self.summary.setPlainText(f"exporting to {out_dir} …")
@@ -151,7 +155,11 @@ class ExportDialog(QDialog):
     def _done(self, result) -> None:
         self.result = result
         self.progress.setValue(1000)
-        files = [p for p in (result.onnx_path, result.recipe_path, result.report_path, result.verification_path) if p]
+        files = [
+            p
+            for p in (result.onnx_path, result.recipe_path, result.report_path, result.verification_path)
+            if p
+        ]
         text = summarize_verification(result.verification)
         self.summary.setPlainText(text + "\n\nwritten:\n" + "\n".join(f"  {p}" for p in files))
         self.export_btn.setEnabled(True)
@@ -164,6 +172,3 @@ class ExportDialog(QDialog):
         if self.job is not None and not self.job.done.is_set():
             self.jobs.cancel(self.job)
         super().done(r)
-
-
-

@@ -30,7 +30,12 @@ from studio.gui.undo import push_recipe
 NAME, OP, SHAPE, PARAMS, MACS, SIZE, PRUNE, RANK, PRECISION_COL, SHARING, EST_SIZE, EST_MACS = range(12)
 HEADERS = ["Name", "Op", "In → out", "Params", "MACs", "Size", "Prune", "Rank", "Precision", "Sharing",
            "Est. size", "Est. MACs"]  # fmt: skip
-PLAN_COL = {PRUNE: PLAN_COLUMNS[0], RANK: PLAN_COLUMNS[1], PRECISION_COL: PLAN_COLUMNS[2], SHARING: PLAN_COLUMNS[3]}
+PLAN_COL = {
+    PRUNE: PLAN_COLUMNS[0],
+    RANK: PLAN_COLUMNS[1],
+    PRECISION_COL: PLAN_COLUMNS[2],
+    SHARING: PLAN_COLUMNS[3],
+}
 ESTIMATE_COLS = (EST_SIZE, EST_MACS)
 NUMERIC_COLS = (PARAMS, MACS, SIZE, EST_SIZE, EST_MACS)
 
@@ -71,13 +76,29 @@ class Node:
     children: list[Node] = field(default_factory=list)
     path: tuple[str, ...] = ()
 
+    _layers: list[LayerInfo] | None = None
+    _totals: tuple[int, int, int] | None = None
+
     def row(self) -> int:
         return self.parent.children.index(self) if self.parent else 0
 
     def layers(self) -> list[LayerInfo]:
         if self.layer is not None:
             return [self.layer]
-        return [la for c in self.children for la in c.layers()]
+        if self._layers is None:  # the tree is rebuilt on every reset, so this never goes stale
+            self._layers = [la for c in self.children for la in c.layers()]
+        return self._layers
+
+    def totals(self) -> tuple[int, int, int]:
+        """(params, MACs, weight bytes) summed over the node's layers (cached)."""
+        if self._totals is None:
+            ls = self.layers()
+            self._totals = (
+                sum(la.params for la in ls),
+                sum(la.macs for la in ls),
+                sum(la.weight_bytes for la in ls),
+            )
+        return self._totals
 
 
 def build_tree(layers: list[LayerInfo], grouped: bool) -> Node:
@@ -239,14 +260,18 @@ class LayerTableModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.DisplayRole:
             if c == NAME:
                 prefix = "/".join(n.parent.path) if n.parent and n.parent.path else ""
-                short = la.name[len(prefix) + 1 :] if prefix and la.name.startswith("/" + prefix + "/") else la.name
+                short = (
+                    la.name[len(prefix) + 1 :]
+                    if prefix and la.name.startswith("/" + prefix + "/")
+                    else la.name
+                )
                 return short.lstrip("/") if prefix else la.name
             if c == OP:
                 return la.op_type
             if c == SHAPE:
                 ins = next((x for x in la.input_shapes if x), None)
                 outs = la.output_shapes[0] if la.output_shapes else None
-                return f"{fmt_shape(ins)} → {fmt_shape(outs)}"
+                return f"{fmt_shape(ins[1:] if ins else None)} → {fmt_shape(outs[1:] if outs else None)}"
             if c == PARAMS:
                 return fmt_count(la.params)
             if c == MACS:
@@ -279,14 +304,22 @@ class LayerTableModel(QAbstractItemModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ForegroundRole:
             if c in PLAN_COL and not self._supported(la, PLAN_COL[c]):
-                return QBrush(QApplication.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text))
+                return QBrush(
+                    QApplication.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
+                )
             if c in ESTIMATE_COLS and est is not None and est.weight_bytes != la.weight_bytes:
                 return QBrush(QColor(30, 140, 80))
         if role == Qt.ItemDataRole.BackgroundRole and c in PLAN_COL and not self._supported(la, PLAN_COL[c]):
-            return QBrush(QApplication.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Window))
+            return QBrush(
+                QApplication.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Window)
+            )
         if role == Qt.ItemDataRole.ToolTipRole:
             if c == NAME:
                 return la.name
+            if c == SHAPE:
+                ins = next((x for x in la.input_shapes if x), None)
+                outs = la.output_shapes[0] if la.output_shapes else None
+                return f"per sample (batch dim dropped): {fmt_shape(ins)} → {fmt_shape(outs)}"
             if c in PLAN_COL:
                 sup = self._supported(la, PLAN_COL[c])
                 if not sup:
@@ -330,11 +363,11 @@ class LayerTableModel(QAbstractItemModel):
             if c == NAME:
                 return f"{n.title}  ({len(layers)} layers)"
             if c == PARAMS:
-                return fmt_count(sum(la.params for la in layers))
+                return fmt_count(n.totals()[0])
             if c == MACS:
-                return fmt_count(sum(la.macs for la in layers))
+                return fmt_count(n.totals()[1])
             if c == SIZE:
-                return fmt_bytes(sum(la.weight_bytes for la in layers))
+                return fmt_bytes(n.totals()[2])
             if c in ESTIMATE_COLS and s.estimates:
                 ests = [s.estimates.per_layer[la.name] for la in layers]
                 return (
@@ -347,11 +380,11 @@ class LayerTableModel(QAbstractItemModel):
             if c == NAME:
                 return n.title
             if c in (PARAMS,):
-                return sum(la.params for la in layers)
+                return n.totals()[0]
             if c in (MACS, SHAPE):
-                return sum(la.macs for la in layers)
+                return n.totals()[1]
             if c == SIZE:
-                return sum(la.weight_bytes for la in layers)
+                return n.totals()[2]
             if c in ESTIMATE_COLS and s.estimates:
                 ests = [s.estimates.per_layer[la.name] for la in layers]
                 return sum(e.weight_bytes if c == EST_SIZE else e.macs for e in ests)
@@ -361,7 +394,7 @@ class LayerTableModel(QAbstractItemModel):
         if role == IS_GROUP_ROLE:
             return True
         if role == SHARE_ROLE and c == SIZE and s.analysis:
-            return sum(la.weight_bytes for la in layers) / max(s.analysis.total_weight_bytes, 1)
+            return n.totals()[2] / max(s.analysis.total_weight_bytes, 1)
         if role == Qt.ItemDataRole.FontRole:
             f = QFont(self._bold)
             f.setItalic(c in ESTIMATE_COLS)
@@ -438,6 +471,8 @@ class LayerTableModel(QAbstractItemModel):
             p = n.parent
             while p is not None and p is not self.root and id(p) not in parents:
                 parents.add(id(p))
-                self.dataChanged.emit(self.createIndex(p.row(), PRUNE, p), self.createIndex(p.row(), EST_MACS, p))
+                self.dataChanged.emit(
+                    self.createIndex(p.row(), PRUNE, p), self.createIndex(p.row(), EST_MACS, p)
+                )
                 p = p.parent
         self.recipe_changed.emit()

@@ -241,7 +241,9 @@ class GraphView(QWidget):
         self._canvas.node_context.connect(self._on_context)
         self._signals = _LayoutSignals(self)
         self._signals.done.connect(self._on_layout_done)
-        self._pool = QThreadPool.globalInstance()
+        # own pool: long jobs on the global pool must not delay a relayout
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)
         self._generation = 0
         self._spec: GraphSpec | None = None
         self._analysis: ModelAnalysis | None = None

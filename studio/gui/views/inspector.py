@@ -200,6 +200,8 @@ class InspectorView(QWidget):
 
         self._svd_cache: dict[tuple, np.ndarray] = {}
         self._svd_pending: set[tuple] = set()
+        self._pool = QThreadPool(self)  # own pool: long jobs on the global pool must not delay it
+        self._pool.setMaxThreadCount(1)
         self._svd_signals = _SvdSignals(self)
         self._svd_signals.done.connect(self._on_svd_done)
         self._current_key: tuple | None = None
@@ -248,7 +250,7 @@ class InspectorView(QWidget):
             self.sv_plot.setTitle(f"Singular values of {mat.shape[0]}×{mat.shape[1]}: computing…")
             if key not in self._svd_pending:
                 self._svd_pending.add(key)
-                QThreadPool.globalInstance().start(_SvdJob(key, mat, self._svd_signals))
+                self._pool.start(_SvdJob(key, mat, self._svd_signals))
 
     def is_computing(self) -> bool:
         return bool(self._svd_pending)

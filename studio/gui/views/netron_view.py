@@ -140,6 +140,7 @@ class NetronView(QWidget):
         self.seen_requests: list[str] = []  # every URL the page requested
         self.blocked_requests: list[str] = []  # the non-loopback ones, all blocked
         self._profile = self._page = self._view = self._interceptor = self._cookies = None
+        self._has_web = HAVE_WEBENGINE
         if not HAVE_WEBENGINE:
             lab = QLabel(NO_WEBENGINE_TEXT)
             lab.setAlignment(Qt.AlignCenter)
@@ -173,7 +174,8 @@ class NetronView(QWidget):
 
     @property
     def available(self) -> bool:
-        return HAVE_WEBENGINE
+        """False when QtWebEngine is missing (the widget shows a hint instead)."""
+        return self._has_web
 
     @property
     def page(self):
@@ -181,7 +183,7 @@ class NetronView(QWidget):
 
     def show_model(self, path: Path) -> None:
         """Serve a copy of ``path`` on 127.0.0.1 and load it; replaces any model shown before."""
-        if not HAVE_WEBENGINE:
+        if not self._has_web:
             return
         if self._page is None:
             raise RuntimeError("NetronView.show_model after shutdown()")

@@ -14,7 +14,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from studio.core.metrics import GLYPH
 from studio.gui.state import VariantEntry
 
 X_AXES = {"size": "Size on disk", "latency": "Latency p50"}
@@ -39,6 +38,7 @@ class TradeoffPlot(QWidget):
         super().__init__(parent)
         self.entries: list[VariantEntry] = []
         self.plan_estimate_bytes: float | None = None
+        self._orig_weight_bytes: float | None = None
         self.x_axis = QComboBox()
         for k, v in X_AXES.items():
             self.x_axis.addItem(v, k)
@@ -55,6 +55,7 @@ class TradeoffPlot(QWidget):
         fg = pal.color(QPalette.ColorRole.Text)
         pi = self.plot.getPlotItem()
         for ax in ("left", "bottom"):
+            pi.getAxis(ax).enableAutoSIPrefix(False)  # "0.998" reads better than "998 (x0.001)"
             pi.getAxis(ax).setPen(fg)
             pi.getAxis(ax).setTextPen(fg)
         pi.showGrid(x=True, y=True, alpha=0.25)
@@ -66,11 +67,11 @@ class TradeoffPlot(QWidget):
         )
         self.measured = pg.ScatterPlotItem(
             size=10, symbol="o", pen=pg.mkPen(accent.darker(130)), brush=pg.mkBrush(accent),
-            hoverable=True, tip=self._tip, hoverSize=14, name=f"{GLYPH['measured']} measured",
+            hoverable=True, tip=self._tip, hoverSize=14, name="measured",
         )  # fmt: skip
         self.estimated = pg.ScatterPlotItem(
             size=10, symbol="o", pen=pg.mkPen(accent, width=1.5), brush=pg.mkBrush(0, 0, 0, 0),
-            hoverable=True, tip=self._tip, hoverSize=14, name=f"{GLYPH['estimated']} x estimated",
+            hoverable=True, tip=self._tip, hoverSize=14, name="x estimated (hollow)",
         )  # fmt: skip
         self.original = pg.ScatterPlotItem(
             size=18, symbol="star", pen=pg.mkPen(120, 80, 0), brush=pg.mkBrush(255, 190, 0),
@@ -98,9 +99,8 @@ class TradeoffPlot(QWidget):
 
     # ------------------------------------------------------------------ data
 
-    def set_variants(self, entries: list[VariantEntry], plan_estimate_bytes: float | None = None) -> None:
+    def set_variants(self, entries: list[VariantEntry]) -> None:
         self.entries = list(entries)
-        self.plan_estimate_bytes = plan_estimate_bytes
         self.refresh()
 
     def set_plan_estimate(self, plan_estimate_bytes: float | None) -> None:
@@ -160,8 +160,6 @@ class TradeoffPlot(QWidget):
             self.plan_line.show()
         else:
             self.plan_line.hide()
-
-    _orig_weight_bytes: float | None = None
 
     def set_original_weight_bytes(self, n: float | None) -> None:
         self._orig_weight_bytes = n
