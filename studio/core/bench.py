@@ -283,7 +283,8 @@ def _attribute(event_name: str, op_name: str, nodes: dict, producer: dict) -> st
     """Map an ORT profiler node name back to a node of the original graph, best effort.
 
     ORT renames nodes it fuses or re-lays out: "fused /fc1/Gemm" (Gemm+Relu), or
-    "/conv1/conv1.2/Relu_output_0_nchwc" (Conv+Relu named after the value it writes). We strip
+    "/conv1/conv1.2/Relu_output_0_nchwc" (Conv+Relu named after the value it writes),
+    "/enc/MatMul/MatMulScaleFusion/". We strip
     the decorations, then look for a node of that name, else the producer of that value, and walk
     up from there to the nearest node of the kernel's op type (the Conv behind a fused Relu)."""
     name = _SUFFIXES.sub("", event_name)
@@ -293,7 +294,12 @@ def _attribute(event_name: str, op_name: str, nodes: dict, producer: dict) -> st
         return name
     node = producer.get(name)
     if node is None:
-        return name  # a node ORT added (layout reorders): keep its own name
+        # Fusions named "<original>/<FusionName>/" (MatMulScaleFusion): strip trailing parts.
+        parts = name.rstrip("/").split("/")
+        for k in range(len(parts) - 1, 1, -1):
+            if "/".join(parts[:k]) in nodes:
+                return "/".join(parts[:k])
+        return name  # a node ORT added or fused without a trace (layout reorders): keep its name
     want = op_name.removeprefix("Fused")
     cur, steps = node, 0
     while cur is not None and steps < 4:

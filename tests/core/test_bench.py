@@ -151,3 +151,17 @@ def test_profile_per_layer_uses_original_node_names(digits):
     assert layers <= set(prof), sorted(prof)
     assert all(v >= 0 for v in prof.values())
     assert sum(prof[name] for name in layers) > 0
+
+
+@pytest.mark.nlp
+def test_minilm_synthetic_latency_and_profile(minilm_paths):
+    onnx_path, _ = minilm_paths
+    h = load_model(onnx_path)
+    ms = bench_latency(h, repeats=3, warmup=1)
+    assert ms[0].value > 0 and "synthetic inputs" in ms[0].source
+    prof = profile_per_layer(h, repeats=2, warmup=1)
+    layers = {la.name for la in analyze(h.proto, with_stats=False).layers}
+    assert layers <= set(prof)
+    graph_nodes = {n.name for n in h.proto.graph.node}
+    unattributed = [k for k in prof if k not in graph_nodes]
+    assert len(unattributed) <= 5, unattributed  # only ORT's anonymous fusions (SkipLayerNorm, BiasGelu)

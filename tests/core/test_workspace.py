@@ -156,14 +156,21 @@ def test_v1_workspace_is_migrated(handle, tmp_path):
     src = str(handle.source_path)
     con.executemany(
         "INSERT INTO meta VALUES (?, ?)",
-        [("source_path", src), ("source_sha256", handle.sha256), ("created", "0"), ("studio_version", "0.0.1")],
+        [
+            ("source_path", src),
+            ("source_sha256", handle.sha256),
+            ("created", "0"),
+            ("studio_version", "0.0.1"),
+        ],
     )
     recipe = Recipe.loads("name: old\ndefaults:\n  quantize: int8_dynamic\n")
     con.execute(
         "INSERT INTO variants VALUES (?,?,?,?,?,?,?)",
         ("v1abc", "old variant", None, recipe.dump(), "v1abc.onnx", 1.0, "0.0.1"),
     )
-    con.execute("INSERT INTO metrics VALUES (?,?,?,?,?,?,?)", ("v1abc", "top1", 0.9, "measured", 10, "e.npz", ""))
+    con.execute(
+        "INSERT INTO metrics VALUES (?,?,?,?,?,?,?)", ("v1abc", "top1", 0.9, "measured", 10, "e.npz", "")
+    )
     con.commit()
     con.close()
     variants_dir(path).mkdir()

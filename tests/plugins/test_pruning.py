@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from studio_pruning.groups import prunable_layers
 
 from studio.core.errors import RecipeError, TechniqueError
-from studio.core.evaluate import evaluate, load_npz, make_session, run_model
+from studio.core.evaluate import Dataset, evaluate, load_npz, make_session, run_model
 from studio.core.graph import analyze
 from studio.core.jobs import drive
 from studio.core.model import load_model, normalize
@@ -231,14 +231,8 @@ def test_residual_add_refused_branch_and_depthwise_pruned(tmp_path):
     after = analyze(variant.proto).by_name()
     assert after["c1"].weight_shape[0] == 4 and after["dw"].weight_shape[0] == 4
     assert after["dw"].attrs["group"] == 4 and after["c2"].weight_shape[1] == 4
-    y = run_model(variant.proto, load_npz_like({"x": x}))[0]
+    y = run_model(variant.proto, Dataset({"x": x}))[0]
     assert y.shape == (16, 4, 8, 8) and np.isfinite(y).all()
-
-
-def load_npz_like(inputs):
-    from studio.core.evaluate import Dataset
-
-    return Dataset(inputs)
 
 
 # ---------------------------------------------------------------------- MiniLM
