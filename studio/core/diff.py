@@ -84,10 +84,12 @@ class LayerDelta:
             out.append(f"input channels {a} → {b} (its producer was pruned)")
         if precision and self.precision_a != self.precision_b:
             out.append(f"precision {self.precision_a} → {self.precision_b}")
+        # Rounding to the zero point makes zeros too (int8 ~1%, int4 ~12%): only a bigger jump is pruning.
+        quantized = not self.precision_b.startswith(("fp32", "fp16"))
         if (
             self.sparsity_a is not None
             and self.sparsity_b is not None
-            and self.sparsity_b - self.sparsity_a > 0.05  # int8 rounding alone zeroes ~1%
+            and self.sparsity_b - self.sparsity_a > (0.25 if quantized else 0.05)
         ):
             out.append(f"sparsity {self.sparsity_a:.0%} → {self.sparsity_b:.0%}")
         if not out and self.ops_b != [self.op_a]:
