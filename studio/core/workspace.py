@@ -219,7 +219,13 @@ class _Lock:
         import fcntl
 
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WorkspaceError(
+                f"cannot lock {path.with_suffix('')} for writing ({e.strerror})",
+                hint="open it read-only, or copy it to a writable folder",
+            ) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -387,12 +393,16 @@ class Workspace:
     @staticmethod
     def _snapshot(path: Path) -> sqlite3.Connection:
         # Read-only: copy into memory so an older schema can be migrated without touching disk.
-        src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         try:
-            src.backup(mem)
-        finally:
-            src.close()
+            src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                src.backup(mem)
+            finally:
+                src.close()
+        except sqlite3.Error as e:
+            mem.close()
+            raise WorkspaceError(f"{path}: cannot be read ({e})") from None
         return mem
 
     def _after_open(self) -> None:

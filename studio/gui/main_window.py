@@ -815,6 +815,7 @@ class MainWindow(QMainWindow):
         if ws_mod is None:
             self.message("workspaces are not available in this build")
             return False
+        ws = None
         try:
             ws = ws_mod.Workspace.open(path)
             handle = ws.load_source()
@@ -827,6 +828,8 @@ class MainWindow(QMainWindow):
             orig_metrics = ws.metrics(ws_mod.ORIGINAL)
             recipe = ws.current_recipe()
         except StudioError as e:
+            if ws is not None:
+                ws.close()  # release the writer lock, or the user could not reopen it
             show_error(self, "Cannot open workspace", e.message, hint=e.hint or "")
             return False
         self._close_workspace()

@@ -203,3 +203,20 @@ def test_cli_export(digits_onnx, digits_eval, tmp_path, capsys):
     assert rc == 1 and not v["ok"] and v["fidelity"]["synthetic"]
     rc = main(["export", str(digits_onnx), "--recipe", str(recipe), "-o", str(digits_onnx)])
     assert rc == 2 and "source model" in capsys.readouterr().err
+
+
+@pytest.mark.nlp
+def test_export_minilm_int8(tmp_path):
+    """A transformer with int64 inputs: verification loads it, checks kernels, measures fidelity."""
+    from studio.demos.minilm import build_minilm
+
+    onnx_path, npz = build_minilm()
+    handle = load_model(onnx_path)
+    recipe = Recipe.load(Path(__file__).resolve().parents[2] / "examples" / "minilm_int8.yaml")
+    v = drive(compress(handle, recipe))
+    res = export_variant(v, handle, tmp_path / "minilm", data=load_npz(npz), n_samples=16, formats=("onnx",))
+    ver = res.verification
+    assert res.ok and ver["flagged_ops"] == [] and ver["providers"]["CPUExecutionProvider"]["ok"]
+    assert ver["fidelity"]["n_samples"] == 16 and ver["fidelity"]["cosine_mean"] > 0.95
+    assert ver["sizes"]["ratio"] > 1.3
+    assert embedded_recipe(onnx.load(str(res.onnx_path), load_external_data=False)) == recipe
