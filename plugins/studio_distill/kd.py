@@ -188,10 +188,10 @@ def train_kd(
                 if t_val is None or last_val < res.best_val_loss:
                     res.best_val_loss, res.best_step = last_val, step
                     best_state = copy.deepcopy(student.state_dict())
-            point = {"step": step, "loss": float(loss), "val_loss": last_val, "best_step": res.best_step}
+            point = {"step": step, "loss": loss.item(), "val_loss": last_val, "best_step": res.best_step}
             res.history.append(point)
             if report is not None:
-                report(step / cfg.steps, f"distill step {step}/{cfg.steps}: loss {float(loss):.4f}", point)
+                report(step / cfg.steps, f"distill step {step}/{cfg.steps}: loss {loss.item():.4f}", point)
     except JobCancelled:
         res.cancelled = True
     finally:

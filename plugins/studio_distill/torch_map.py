@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import copy
 import io
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -47,6 +46,7 @@ class StudentBuild:
     layer_module: dict[str, str]  # recipe layer name -> module path (same in teacher and student)
     factorised: dict[str, list[str]] = field(default_factory=dict)  # layer -> child names
     kept: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> kept output channels
+    folded: dict[str, str] = field(default_factory=dict)  # conv path -> the BN path folded into it
     plans: dict[str, LayerPlan] = field(default_factory=dict)  # effective plan per layer
     notes: list[str] = field(default_factory=list)
 
@@ -99,8 +99,9 @@ def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
 # ---------------------------------------------------------------------- BN folding
 
 
-def fold_batchnorms(model: nn.Module) -> list[str]:
-    """Fold every BatchNorm fed only by a Conv into that Conv (BN -> Identity); returns the convs.
+def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every BatchNorm fed only by a Conv into that Conv (BN -> Identity); returns the
+    (conv, bn) module paths.
 
     Uses torch.fx to find Conv -> BN pairs; a model fx cannot trace keeps its BNs.
     """
@@ -126,7 +127,7 @@ def fold_batchnorms(model: nn.Module) -> list[str]:
             fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval())
         _set_module(model, prev.target, fused)
         _set_module(model, node.target, nn.Identity())
-        folded.append(prev.target)
+        folded.append((prev.target, node.target))
     return folded
 
 
@@ -241,6 +242,7 @@ def build_student(
     notes = []
     if not scripted:
         folded = fold_batchnorms(student)
+        build_folded = dict(folded)
         if folded:
             notes.append(f"folded BatchNorm into {len(folded)} conv(s) before training")
     layer_module = map_layers(original, student, names)
@@ -250,6 +252,8 @@ def build_student(
             f"cannot find the torch module of layer(s) {missing[:3]} (node names do not match module scopes)"
         )
     build = StudentBuild(student, layer_module, plans=plans, notes=notes)
+    if not scripted:
+        build.folded = build_folded
     from studio.plugin_api.registry import default_registry
 
     reg = default_registry()
@@ -341,13 +345,5 @@ def rename_nodes(proto: onnx.ModelProto, build: StudentBuild) -> None:
         used.add(node.name)
 
 
-def parameter_count(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 def example_inputs(calibration: dict[str, np.ndarray], input_names: list[str]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(calibration[n][:2])) for n in input_names)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

@@ -38,7 +38,15 @@ from studio.plugin_api.technique import (
     Support,
     no,
 )
-from studio_pruning.groups import ROOT_OPS, Refused, expand, find_group, prune_group, set_input_array
+from studio_pruning.groups import (
+    ROOT_OPS,
+    Refused,
+    expand,
+    find_group,
+    prunable_layers,
+    prune_group,
+    set_input_array,
+)
 from studio_pruning.refit import capture, refit_conv, refit_linear
 
 FLOAT_DTYPES = {"float": 4, "float16": 2, "double": 8}
@@ -228,6 +236,19 @@ class ChannelPruning(BaseTechnique):
         if _channels(layer) < 2:
             return no("a single output channel")
         return YES
+
+    def model_support(self, model: onnx.ModelProto) -> dict[str, Support]:
+        """Graph-level support of every candidate layer (one pass, for the GUI to grey cells that
+        ``apply`` would refuse): ``{node name: Support}``."""
+        out: dict[str, Support] = {}
+        for name, (ok, why) in prunable_layers(model).items():
+            if ok:
+                out[name] = YES
+            elif "reach the model output" in why:
+                out[name] = no("output layer: pruning its neurons would remove model outputs")
+            else:
+                out[name] = no(why)
+        return out
 
     def estimate(self, layer: LayerInfo, params: ChannelParams, before: LayerEstimate) -> LayerEstimate:
         c = _channels(layer)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from studio.core.errors import DatasetError
+from studio.core.errors import DatasetError, UnsupportedModelError
 from studio.core.metrics import Metric
 
 ORT_TO_NP = {
@@ -73,7 +74,19 @@ def make_session(
         model = model.SerializeToString()
     elif isinstance(model, Path):
         model = str(model)
-    return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own types (Fail, InvalidGraph, ...): make them user errors
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot load the model: {_ort_message(e)}",
+            hint="unknown ops, a too-new opset or an invalid graph; see `studio inspect`",
+        ) from e
+
+
+def _ort_message(e: Exception) -> str:
+    """First line of an ORT error without its `[ONNXRuntimeError] : 1 : FAIL :` prefix."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)[:300]
 
 
 def model_input_specs(session) -> dict[str, tuple[list, type]]:
@@ -89,8 +102,17 @@ def check_dataset(ds: Dataset, session) -> None:
             f"{ds.source}: no array for model input(s) {missing}; it has {sorted(ds.inputs)}",
             hint="name the arrays after the model's inputs",
         )
+    if len(ds) == 0:
+        raise DatasetError(f"{ds.source}: holds no samples", hint="give at least one sample per input")
     for name, (shape, dt) in specs.items():
         arr = ds.inputs[name]
+        if arr.dtype.kind not in "biuf":
+            raise DatasetError(
+                f"{ds.source}: input {name!r} holds {arr.dtype} values; the model expects numbers ({np.dtype(dt).name})"
+            )
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise DatasetError(f"{ds.source}: input {name!r} holds {bad} NaN/inf value(s)", hint="clean the data")
         if arr.ndim != len(shape):
             raise DatasetError(
                 f"{ds.source}: input {name!r} has shape {list(arr.shape)}, the model expects {shape}"
@@ -120,10 +142,22 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     labels = arrays.pop("labels", None)
     if not arrays:
         raise DatasetError(f"{path}: holds no input arrays")
+    scalars = sorted(k for k, v in arrays.items() if v.ndim == 0)
+    if scalars:
+        raise DatasetError(f"{path}: array(s) {scalars} are scalars; samples go along axis 0")
     lens = {len(v) for v in arrays.values()}
     if len(lens) != 1:
         raise DatasetError(f"{path}: arrays have different sample counts {sorted(lens)}")
-    return Dataset(arrays, None if labels is None else labels.astype(np.int64), str(path))
+    if labels is not None:
+        integral = labels.dtype.kind in "iub" or (
+            labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels) & (labels == np.round(labels))))
+        )
+        if labels.ndim != 1 or not integral:
+            raise DatasetError(
+                f"{path}: 'labels' must be a 1-D array of class indices, got {labels.dtype} {list(labels.shape)}"
+            )
+        labels = labels.astype(np.int64)
+    return Dataset(arrays, labels, str(path))
 
 
 def load_dataset(spec: str | os.PathLike, **kw) -> Dataset:
@@ -152,7 +186,12 @@ def run_model(
     outs: list[list[np.ndarray]] = []
     n = len(ds)
     for bi, feed in enumerate(ds.batches(batch_size)):
-        res = sess.run(None, feed)
+        try:
+            res = sess.run(None, feed)
+        except Exception as e:  # shapes the model declares but cannot compute, bad values, ...
+            raise UnsupportedModelError(
+                f"ONNX Runtime failed running the model on {ds.source}: {_ort_message(e)}"
+            ) from e
         if not outs:
             outs = [[] for _ in res]
         for k, r in enumerate(res):

@@ -180,7 +180,7 @@ def run_in_subprocess(
                     return result
                 elif kind == "studio_error":
                     proc.join(10)
-                    raise StudioError(value[1])
+                    raise _studio_error(value[0], value[1])
                 elif kind == "cancelled":
                     raise JobCancelled()
                 else:
@@ -198,6 +198,20 @@ def run_in_subprocess(
     code = proc.exitcode
     reason = _describe_exit(code)
     raise JobCrashedError(f"job {getattr(fn, '__name__', fn)} crashed: {reason}; the studio is unaffected")
+
+
+def _studio_error(type_name: str, message: str) -> StudioError:
+    """The child's StudioError as the same subclass (so callers can tell a RecipeError apart)."""
+    from studio.core import errors
+
+    cls = getattr(errors, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, StudioError) and cls is not JobCrashedError:
+        err = StudioError.__new__(cls)
+        StudioError.__init__(err, message)  # message is already formatted (layer, hint)
+        if cls is errors.RecipeError:
+            err.layer = err.field = None
+        return err
+    return StudioError(message)
 
 
 def _describe_exit(code: int | None) -> str:

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -138,7 +139,87 @@ def load_onnx_file(path: Path) -> onnx.ModelProto:
             f"{path}: parsed as protobuf but holds no ONNX graph", hint="is it an ONNX model?"
         )
     _load_external_data_confined(proto, path.parent)
+    check_initializers(proto)
+    check_graph_structure(proto)
     return proto
+
+
+# Typed repeated field holding each data type's values when raw_data is not used (one per element).
+_TYPED_FIELD = {
+    onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data",
+    onnx.TensorProto.INT64: "int64_data", onnx.TensorProto.INT32: "int32_data",
+    onnx.TensorProto.INT16: "int32_data", onnx.TensorProto.INT8: "int32_data",
+    onnx.TensorProto.UINT16: "int32_data", onnx.TensorProto.UINT8: "int32_data",
+    onnx.TensorProto.BOOL: "int32_data", onnx.TensorProto.FLOAT16: "int32_data",
+    onnx.TensorProto.UINT32: "uint64_data", onnx.TensorProto.UINT64: "uint64_data",
+}  # fmt: skip
+
+
+def check_initializers(proto: onnx.ModelProto) -> None:
+    """ModelLoadError when an initializer's dims do not fit the data it holds (negative dims,
+    declared sizes far beyond the bytes in the file). Never copies tensor data."""
+    from studio.core.onnx_utils import tensor_nbytes
+
+    for t in proto.graph.initializer:
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"initializer {t.name!r} has a negative dimension {list(t.dims)}")
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # not loaded (no external data): sizes are checked when it is read
+        n = int(np.prod(t.dims, dtype=object)) if len(t.dims) else 1
+        if t.HasField("raw_data"):
+            # ByteSize() bounds len(raw_data) from above without copying the bytes out.
+            if tensor_nbytes(t) > t.ByteSize():
+                raise ModelLoadError(
+                    f"initializer {t.name!r} declares shape {list(t.dims)} ({tensor_nbytes(t)} bytes) "
+                    f"but holds only about {t.ByteSize()} bytes",
+                    hint="the file is corrupt or was written by a broken exporter",
+                )
+        elif t.data_type in _TYPED_FIELD and n > 0:
+            have = len(getattr(t, _TYPED_FIELD[t.data_type]))
+            if have != n:
+                raise ModelLoadError(
+                    f"initializer {t.name!r} declares shape {list(t.dims)} ({n} values) but holds {have}",
+                    hint="the file is corrupt or was written by a broken exporter",
+                )
+
+
+def check_graph_structure(proto: onnx.ModelProto) -> None:
+    """ModelLoadError when a node reads a value nothing provides, or the main graph has a cycle."""
+    g = proto.graph
+    provided = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    produced: dict[str, int] = {}
+    for k, n in enumerate(g.node):
+        for o in n.output:
+            produced[o] = k
+    for n in g.node:
+        for i in n.input:
+            if i not in provided and i not in produced:
+                raise ModelLoadError(
+                    f"node {n.name or n.op_type!r} reads {i!r}, which no node, input or initializer provides",
+                    hint="the model is incomplete (a missing initializer?)",
+                )
+    # Kahn's algorithm over node indices: whatever is left unordered sits on a cycle.
+    waiting = [sum(1 for i in n.input if i in produced and i not in provided) for n in g.node]
+    users: dict[int, list[int]] = {}
+    for k, n in enumerate(g.node):
+        for i in n.input:
+            if i in produced and i not in provided:
+                users.setdefault(produced[i], []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    done = 0
+    while ready:
+        k = ready.pop()
+        done += 1
+        for u in users.get(k, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if done != len(g.node):
+        stuck = next(g.node[k] for k, w in enumerate(waiting) if w > 0)
+        raise ModelLoadError(
+            f"the graph has a cycle (through node {stuck.name or stuck.op_type!r})",
+            hint="ONNX graphs must be acyclic",
+        )
 
 
 def _load_external_data_confined(proto: onnx.ModelProto, base: Path) -> None:

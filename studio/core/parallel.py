@@ -62,9 +62,7 @@ class TaskPool:
 
     # ------------------------------------------------------------------ running
 
-    def imap_unordered(
-        self, fn: Callable, arg_list: Sequence[tuple], ctx=None
-    ) -> Iterator[tuple[int, Any]]:
+    def imap_unordered(self, fn: Callable, arg_list: Sequence[tuple], ctx=None) -> Iterator[tuple[int, Any]]:
         """Yield `(index, result)` as tasks finish; raise JobCancelled when `ctx` is cancelled."""
         if not arg_list:
             return

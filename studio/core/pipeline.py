@@ -200,6 +200,7 @@ def compress(
     the driving `ctx` too so a cancel also stops a technique inside its `apply` (ctx.progress)."""
     registry = registry or default_registry()
     cancel_event = ctx._cancel if ctx is not None else None
+    driver = ctx  # (the loop below rebinds `ctx` to each stage's ApplyContext)
     t0 = time.time()
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -239,9 +240,9 @@ def compress(
                     mapped[t] = params
         if not mapped:
             continue
-        q: list[Progress] = []
         # Share the caller's cancel event: a technique's ctx.progress() raises JobCancelled.
-        job = JobContext(q.append, cancel_event)
+        # With a driving ctx, a technique's progress (and payload: a loss curve) goes out live.
+        job = JobContext(_forward_into(driver, i, len(work)), cancel_event)
         ctx = ApplyContext(
             job=job, calibration=calibration, original=model.proto, analysis=cur, seed=recipe.calibration.seed
         )
@@ -250,8 +251,8 @@ def compress(
         ctx.extras["recipe"] = recipe  # fine-tuning rebuilds the whole recipe in the source framework
         try:
             new = tech.apply(proto, mapped, ctx)
-        except (StudioError, JobCancelled):
-            raise
+        except (StudioError, JobCancelled, MemoryError):
+            raise  # out of memory is no fault of the recipe: let the job runner report it
         except Exception as e:
             raise TechniqueError(f"{tname} failed on {sorted(mapped)[:3]}: {type(e).__name__}: {e}") from e
         if new is not None:
@@ -277,6 +278,23 @@ def compress(
     proto.producer_version = __version__
     yield Progress(1.0, "done")
     return Variant(proto, recipe, prov, parent=parent, warnings=warnings)
+
+
+def _forward_into(ctx: JobContext | None, i: int, n: int):
+    """Progress callback of stage `i` of `n`: maps a technique's 0..1 into the stage's slice of
+    the caller's ctx (without its cancel check: the shared cancel event is the technique's)."""
+    if ctx is None or ctx._on_progress is None:
+        return None
+    lo, hi = (
+        ctx._lo + (ctx._hi - ctx._lo) * i / max(n, 1),
+        ctx._lo + (ctx._hi - ctx._lo) * (i + 1) / max(n, 1),
+    )
+
+    def on(p: Progress) -> None:
+        f = -1.0 if p.fraction < 0 else lo + (hi - lo) * min(max(p.fraction, 0.0), 1.0)
+        ctx._on_progress(Progress(f, p.message, p.payload))
+
+    return on
 
 
 def stage_order() -> tuple[str, ...]:

@@ -184,6 +184,7 @@ class Recipe(BaseModel):
     def from_dict(cls, d: Any, *, source: str = "recipe") -> Recipe:
         if not isinstance(d, dict):
             raise RecipeError(f"{source}: a recipe must be a mapping, got {type(d).__name__}")
+        _check_size(d, source)
         try:
             return cls.model_validate(d)
         except ValidationError as e:
@@ -211,6 +212,28 @@ class Recipe(BaseModel):
                 f"{source}: cannot parse ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
             ) from e
         return cls.from_dict(d, source=source)
+
+
+MAX_RECIPE_NODES = 200_000
+
+
+def _check_size(d: Any, source: str) -> None:
+    """RecipeError when the recipe expands to more than MAX_RECIPE_NODES values: YAML aliases
+    can nest shared lists into billions of elements that would hang printing or saving it."""
+    stack, seen = [d], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > MAX_RECIPE_NODES:
+            raise RecipeError(
+                f"{source}: the recipe expands to more than {MAX_RECIPE_NODES} values",
+                hint="YAML aliases nested too deeply?",
+            )
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
 
 
 def _strip_none(d):

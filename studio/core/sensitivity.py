@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class Setting:
     params: tuple[tuple[str, Any], ...] = ()
     family: str = ""
     level: int = 0
+    only: str = ""  # restrict to an op type ("Gather") or a layer-name glob ("*intermediate*")
 
     @property
     def key(self) -> str:
@@ -88,7 +89,7 @@ class Setting:
     @classmethod
     def from_dict(cls, d: dict) -> Setting:
         return cls(d["technique"], d["stage"], tuple(sorted(d.get("params", {}).items())), d.get("family", ""),
-                   int(d.get("level", 0)))  # fmt: skip
+                   int(d.get("level", 0)), d.get("only", ""))  # fmt: skip
 
 
 _PRIMARY = {"channels": ("ratio",), "magnitude": ("ratio",), "svd": ("rank_ratio", "energy"),
@@ -112,22 +113,29 @@ def default_settings(*, has_calibration: bool = True) -> list[Setting]:
         out.append(_s("int8_static", "quantize", "quant", 0))
     out.append(_s("int8_dynamic", "quantize", "quant", 0))
     out.append(_s("int4_weight", "quantize", "quant", 1, bits=4))
-    out += [_s("kmeans", "encode", "kmeans", 0, bits=8), _s("kmeans", "encode", "kmeans", 1, bits=4, pack_uint4=True)]
+    out += [
+        _s("kmeans", "encode", "kmeans", 0, bits=8),
+        _s("kmeans", "encode", "kmeans", 1, bits=4, pack_uint4=True),
+    ]
     return out
 
 
 def parse_settings(text: str, *, has_calibration: bool = True) -> list[Setting]:
-    """`channels:0.25,0.5 svd:0.25 int8 kmeans:8,4` (space or `;` separated families)."""
+    """`channels:0.25,0.5 svd:0.25 int8 kmeans:8,4` (space or `;` separated families).
+
+    `name@Op` or `name@GLOB` restricts a family to an op type or layer names:
+    `kmeans@Gather:8,4 channels@*intermediate*:0.25`."""
     from studio.plugin_api.registry import default_registry
 
     reg = default_registry()
     out: list[Setting] = []
     for part in text.replace(";", " ").split():
         name, _, vals = part.partition(":")
+        name, _, only = name.partition("@")
         if name == "int8":
             if has_calibration:
-                out.append(_s("int8_static", "quantize", "quant", 0))
-            out.append(_s("int8_dynamic", "quantize", "quant", 0))
+                out.append(replace(_s("int8_static", "quantize", "quant", 0), only=only))
+            out.append(replace(_s("int8_dynamic", "quantize", "quant", 0), only=only))
             continue
         try:
             tech = reg.get(name)
@@ -136,7 +144,7 @@ def parse_settings(text: str, *, has_calibration: bool = True) -> list[Setting]:
         prim = getattr(tech, "primary_param", None)
         nums = [v for v in vals.split(",") if v]
         if not nums or prim is None:
-            out.append(_s(name, tech.stage.key, name, 0))
+            out.append(replace(_s(name, tech.stage.key, name, 0), only=only))
             continue
         parsed = [float(v) if "." in v else int(v) for v in nums]
         # Order by strength: smaller rank / more bits is milder; for prune ratios larger is stronger.
@@ -144,7 +152,7 @@ def parse_settings(text: str, *, has_calibration: bool = True) -> list[Setting]:
         parsed.sort(reverse=not stronger_is_larger)
         for i, v in enumerate(parsed):
             extra = {"pack_uint4": True} if name == "kmeans" and int(v) <= 4 else {}
-            out.append(_s(name, tech.stage.key, name, i, **{prim: v}, **extra))
+            out.append(replace(_s(name, tech.stage.key, name, i, **{prim: v}, **extra), only=only))
     if not out:
         raise StudioError("--settings: no settings given", hint="e.g. --settings 'channels:0.25,0.5 int8'")
     return out
@@ -152,6 +160,14 @@ def parse_settings(text: str, *, has_calibration: bool = True) -> list[Setting]:
 
 def applicable(layer, setting: Setting, registry=None) -> str | None:
     """None when the setting can run on the layer, else the reason it cannot."""
+    if setting.only:
+        import fnmatch
+
+        if any(c in setting.only for c in "*?[/"):
+            if not fnmatch.fnmatchcase(layer.name, setting.only):
+                return f"restricted to layers matching {setting.only}"
+        elif layer.op_type != setting.only:
+            return f"restricted to {setting.only} layers"
     from studio.plugin_api.registry import default_registry
 
     try:
@@ -199,6 +215,8 @@ class SensitivityTable:
     samples: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)
     cosine_drop: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Cells not run because a stronger setting of the same family was lossless: bounded by it.
+    inferred: dict[str, dict[str, dict]] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     cost: dict = field(default_factory=dict)
     model_sha256: str = ""
@@ -208,7 +226,17 @@ class SensitivityTable:
         return [Setting.from_dict(d) for d in self.settings]
 
     def drop(self, layer: str, key: str) -> float | None:
-        return self.drops.get(layer, {}).get(key)
+        """The measured drop, else the bound inferred from a stronger lossless setting."""
+        v = self.drops.get(layer, {}).get(key)
+        if v is None and key in self.inferred.get(layer, {}):
+            v = self.inferred[layer][key]["drops"]
+        return v
+
+    def cosine(self, layer: str, key: str) -> float | None:
+        v = self.cosine_drop.get(layer, {}).get(key)
+        if v is None and key in self.inferred.get(layer, {}):
+            v = self.inferred[layer][key]["cosine_drop"]
+        return v
 
     def to_dict(self) -> dict:
         return _json_safe(asdict(self))
@@ -298,7 +326,9 @@ def metric_drop(
         a1 = float((out.reshape(len(out), -1).argmax(1) == labels).mean())
         return a0 - a1
     if metric == "top1_agreement":
-        return 1.0 - float((ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).mean())
+        return 1.0 - float(
+            (ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).mean()
+        )
     return 1.0 - cosine_mean(ref, out, mask)
 
 
@@ -406,6 +436,11 @@ def build_submodel(
     sub = helper.make_graph(
         nodes, f"{g.name}_suffix", inputs, out_vi, [t for t in g.initializer if t.name in used]
     )
+    # Techniques read shapes (channel pruning through Flatten): keep the inferred ones we have.
+    inner = {x for n in nodes for x in list(n.input) + list(n.output)}
+    sub.value_info.extend(
+        vi for vi in g.value_info if vi.name in inner and vi.name not in set(live) | set(outputs)
+    )
     m = helper.make_model(sub, opset_imports=list(proto.opset_import), producer_name="pareto-studio")
     m.ir_version = proto.ir_version
     m.functions.extend(proto.functions)
@@ -451,9 +486,6 @@ def _model(ref) -> onnx.ModelProto:
 def measure_layer(spec: dict) -> dict:
     """Worker: all settings of one layer on its suffix graph. Returns one row of the table plus
     the MAC-weighted forward cost it spent. `spec` is plain data (picklable)."""
-    from studio.core.jobs import drive
-    from studio.core.pipeline import compress
-
     proto = _model(spec["model"])
     layer = spec["layer"]
     feed: dict[str, np.ndarray] = spec["feed"]
@@ -463,70 +495,115 @@ def measure_layer(spec: dict) -> dict:
     handle = ModelHandle(sub, sha256=f"suffix:{layer}")
     ref: list[np.ndarray] = spec["ref"]
     labels, mask = spec.get("labels"), spec.get("mask")
-    metric, proxy, hopeless = spec["metric"], spec["proxy"], spec["hopeless_drop"]
+    proxy, hopeless = spec["proxy"], spec["hopeless_drop"]
     macs, threads = spec["suffix_macs"], spec.get("threads", 0)
     cost = 0.0
     calib_passes = 0
-    row: dict[str, Any] = {"drops": {}, "samples": {}, "skipped": {}, "cosine_drop": {}, "seconds": {}}
+    row: dict[str, Any] = {
+        "drops": {},
+        "samples": {},
+        "skipped": {},
+        "cosine_drop": {},
+        "seconds": {},
+        "inferred": {},
+    }
     if proxy:  # reference values at the observation points come from the original suffix
         ref = _run(sub, feed, threads)
         cost += macs * n
-    lost_family: dict[str, tuple[str, float]] = {}
+    families: dict[str, list[Setting]] = {}
     for s in [Setting.from_dict(d) for d in spec["settings"]]:
-        key = s.key
-        if s.family in lost_family:
-            prev, d = lost_family[s.family]
-            row["skipped"][key] = f"early stop: {prev} already lost {d * 100:.1f} pt"
-            continue
-        t0 = time.perf_counter()
-        try:
-            recipe = Recipe(layers={layer: s.plan()})
-            variant = drive(compress(handle, recipe, calibration=feed, check=False))
-        except StudioError as e:
-            row["skipped"][key] = f"not applicable: {e.message}"[:300]
-            continue
-        except Exception as e:  # noqa: BLE001 - a technique bug is a cell note, not a dead sweep
-            row["skipped"][key] = f"failed: {type(e).__name__}: {e}"[:300]
-            continue
-        if s.technique in _CALIBRATING or (s.technique == "channels" and dict(s.params).get("refit", True)):
-            cost += macs * min(n, 256)  # calibration / refit passes run the suffix once
-            calib_passes += 1
-        try:
-            sess = make_session(variant.proto, threads=threads)
-        except Exception as e:  # noqa: BLE001
-            row["skipped"][key] = f"failed: ORT cannot load the result: {str(e)[:200]}"
-            continue
-        names = [o.name for o in sess.get_outputs()]
-        order = [names.index(o) for o in spec["outputs"] if o in names]
-
-        def run(k, sess=sess, order=order):
-            out = sess.run(None, {x: v[:k] for x, v in feed.items()})
-            return [out[i] for i in order]
-
-        used = quick_n
-        out = run(quick_n)
-        cost += macs * quick_n
-        d = _drop(spec, ref, out, quick_n, labels, mask)
-        if d is None:
-            row["skipped"][key] = "failed: output shapes changed unexpectedly"
-            continue
-        if not (quick_n < n and d[0] > FAR_FACTOR * hopeless):
-            out = run(n)
-            cost += macs * n
-            used = n
-            d = _drop(spec, ref, out, n, labels, mask)
-        row["drops"][key] = d[0]
-        row["cosine_drop"][key] = d[1]
-        row["samples"][key] = used
-        row["seconds"][key] = round(time.perf_counter() - t0, 3)
-        if d[0] > hopeless and not proxy:
-            lost_family[s.family] = (key, d[0])
+        families.setdefault(s.family, []).append(s)
+    for fam in families.values():
+        fam.sort(key=lambda s: s.level)
+        queue = [len(fam) // 2]  # mid first: its result prunes one side of the family
+        seen: set[int] = set()
+        while queue:
+            i = queue.pop(0)
+            if i in seen or not 0 <= i < len(fam):
+                continue
+            seen.add(i)
+            s = fam[i]
+            res = _measure_setting(s, layer, handle, feed, n, quick_n, spec, ref, labels, mask, threads)
+            cost += macs * res.pop("forward_samples", 0)
+            calib_passes += res.pop("calib_passes", 0)
+            if "skipped" in res:
+                row["skipped"][s.key] = res["skipped"]
+                queue += [i + 1, i - 1]
+                continue
+            for k in ("drops", "cosine_drop", "samples", "seconds"):
+                row[k][s.key] = res[k]
+            d, c = res["drops"], res["cosine_drop"]
+            if d > hopeless and not proxy:
+                for j in range(i + 1, len(fam)):
+                    seen.add(j)
+                    row["skipped"][fam[j].key] = f"early stop: {s.key} already lost {d * 100:.1f} pt"
+                queue.append(i - 1)
+            elif not proxy and d <= hopeless * SAFE_FRACTION and c <= hopeless * SAFE_FRACTION:
+                # Milder settings of the same family cannot lose more (monotone): bounded, not run.
+                for j in range(i - 1, -1, -1):
+                    seen.add(j)
+                    row["inferred"][fam[j].key] = {"from": s.key, "drops": d, "cosine_drop": c}
+                queue.append(i + 1)
+            else:
+                queue += [i + 1, i - 1]
     row["cost_macs"] = cost
     row["calib_passes"] = calib_passes
     return row
 
 
 _CALIBRATING = {"int8_static"}
+SAFE_FRACTION = 0.02  # a drop under 2 % of `hopeless_drop` counts as lossless for inference
+
+
+def _measure_setting(s, layer, handle, feed, n, quick_n, spec, ref, labels, mask, threads) -> dict:
+    """Apply one setting to the suffix and measure it (quarter first, the rest only if needed)."""
+    from studio.core.jobs import drive
+    from studio.core.pipeline import compress
+
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"forward_samples": 0, "calib_passes": 0}
+    try:
+        variant = drive(compress(handle, Recipe(layers={layer: s.plan()}), calibration=feed, check=False))
+    except StudioError as e:
+        return {**out, "skipped": f"not applicable: {e.message}"[:300]}
+    except Exception as e:  # noqa: BLE001 - a technique bug is a cell note, not a dead sweep
+        return {**out, "skipped": f"failed: {type(e).__name__}: {e}"[:300]}
+    if s.technique in _CALIBRATING or (s.technique == "channels" and dict(s.params).get("refit", True)):
+        out["forward_samples"] += min(n, 256)  # calibration / refit passes run the suffix once
+        out["calib_passes"] = 1
+    try:
+        sess = make_session(variant.proto, threads=threads)
+    except Exception as e:  # noqa: BLE001
+        return {**out, "skipped": f"failed: ORT cannot load the result: {str(e)[:200]}"}
+    names = [o.name for o in sess.get_outputs()]
+    order = [names.index(o) for o in spec["outputs"] if o in names]
+
+    def run(a, b):
+        res = sess.run(None, {x: v[a:b] for x, v in feed.items()})
+        return [res[i] for i in order]
+
+    part = run(0, quick_n)
+    out["forward_samples"] += quick_n
+    d = _drop(spec, ref, part, quick_n, labels, mask)
+    if d is None:
+        return {**out, "skipped": "failed: output shapes changed unexpectedly"}
+    used = quick_n
+    hopeless = spec["hopeless_drop"]
+    far = d[0] > FAR_FACTOR * hopeless
+    # Sequential test: a quarter that is decisively lossless (or hopeless) is final.
+    clear = (
+        spec.get("quick_accept", True)
+        and d[0] <= hopeless * SAFE_FRACTION
+        and d[1] <= hopeless * SAFE_FRACTION
+    )
+    if quick_n < n and not far and not (clear and not spec["proxy"]):
+        rest = run(quick_n, n)
+        out["forward_samples"] += n - quick_n
+        full = [np.concatenate([a, b]) for a, b in zip(part, rest)]
+        d = _drop(spec, ref, full, n, labels, mask)
+        used = n
+    return {**out, "drops": d[0], "cosine_drop": d[1], "samples": used,
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
 
 
 def _run(model, feed, threads) -> list[np.ndarray]:
@@ -601,11 +678,15 @@ def sweep(
         if proxy:
             node = proto.graph.node[node_index[name]]
             obs = [o for o in node.output if o] + [
-                o for d in downstream_layers(proto, name, lnames) for o in proto.graph.node[node_index[d]].output
+                o
+                for d in downstream_layers(proto, name, lnames)
+                for o in proto.graph.node[node_index[d]].output
             ]
         idx, live = suffix_nodes(proto, node_index[name], obs, major)
         plans[name] = (idx, live, obs)
-    needed = sorted({x for _, live, _ in plans.values() for x in live} | {o for _, _, obs in plans.values() for o in obs})
+    needed = sorted(
+        {x for _, live, _ in plans.values() for x in live} | {o for _, _, obs in plans.values() for o in obs}
+    )
     yield Progress(0.02, f"caching {len(needed)} activations on {n} samples")
     t_cache = time.perf_counter()
     cache_model = _with_outputs(proto, needed)
@@ -670,9 +751,10 @@ def sweep(
     for name in todo:
         table.skipped[name] = dict(skipped[name])
         table.drops[name], table.samples[name], table.cosine_drop[name] = {}, {}, {}
+        table.inferred[name] = {}
     spent = total_macs * (n + 5)  # the caching pass (+ the 2- and 3-sample probes)
-    evaluated = early = calib_passes = 0
-    pairs = sum(len(sp[0]["settings"]) for sp in tasks)
+    evaluated = early = calib_passes = inferred = failed = 0
+    sent = sum(len(sp[0]["settings"]) for sp in tasks)
     try:
         for done, (i, row) in enumerate(pool.imap_unordered(measure_layer, tasks, ctx), start=1):
             name = task_layers[i]
@@ -684,6 +766,9 @@ def sweep(
                 table.samples[name].update(row["samples"])
                 table.cosine_drop[name].update(row["cosine_drop"])
                 table.skipped[name].update(row["skipped"])
+                table.inferred[name].update(row["inferred"])
+                inferred += len(row["inferred"])
+                failed += sum(1 for v in row["skipped"].values() if not v.startswith("early"))
                 spent += row["cost_macs"]
                 calib_passes += row["calib_passes"]
                 evaluated += len(row["drops"])
@@ -695,6 +780,7 @@ def sweep(
                     "type": "sensitivity_row",
                     "layer": name,
                     "drops": dict(table.drops[name]),
+                    "inferred": dict(table.inferred[name]),
                     "cosine_drop": dict(table.cosine_drop[name]),
                     "skipped": dict(table.skipped[name]),
                     "metric": metric,
@@ -705,6 +791,8 @@ def sweep(
         if tmpdir is not None:
             tmpdir.cleanup()
         # The naive sweep runs the same calibration passes, on the whole model.
+        # Pairs the naive sweep would evaluate: every applicable one that a technique accepts.
+        pairs = sent - failed
         naive = float(total_macs) * (n * pairs + min(n, 256) * calib_passes)
         wall = time.perf_counter() - t_start
         table.cost = {
@@ -715,7 +803,10 @@ def sweep(
             "pairs": pairs,
             "measured": evaluated,
             "quick_exits": early,
-            "skipped_early": sum(1 for r in table.skipped.values() for v in r.values() if v.startswith("early")),
+            "inferred": inferred,
+            "skipped_early": sum(
+                1 for r in table.skipped.values() for v in r.values() if v.startswith("early")
+            ),
             "wall_s": round(wall, 2),
             "full_forward_s": round(t_full, 4),
             "note": "naive = one full-model evaluation on every sample per (layer, setting) pair; actual "

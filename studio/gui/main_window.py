@@ -10,19 +10,21 @@ import copy
 import functools
 from pathlib import Path
 
-from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence, QUndoStack
+from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QMainWindow,
     QMessageBox,
+    QPushButton,
     QTabWidget,
     QTreeView,
     QVBoxLayout,
@@ -36,9 +38,14 @@ from studio.core.recipe import Recipe
 from studio.gui.delegates import PlanDelegate, ShareBarDelegate
 from studio.gui.dialogs.errors import show_error, show_exception
 from studio.gui.models.layer_table import (
+    MACS,
     NAME,
     NAME_ROLE,
+    NUMERIC_COLS,
+    OP,
+    PARAMS,
     PLAN_COL,
+    SHAPE,
     SIZE,
     SORT_ROLE,
     LayerTableModel,
@@ -52,8 +59,12 @@ from studio.gui.state import (
     VariantEntry,
     apply_and_measure_job,
     bench_model,
+    candidate_entry,
     measure_original_job,
+    prepare_model,
 )
+from studio.gui.views.diff_view import DiffView, diff_ratios
+from studio.gui.views.history_view import HistoryView
 from studio.gui.views.jobs_panel import JobsPanel
 from studio.gui.views.tradeoff_plot import TradeoffPlot
 from studio.gui.workers import Job, JobManager
@@ -69,6 +80,8 @@ except ImportError:  # pragma: no cover
 
 MAX_RECENT = 10
 WORKSPACE_SUFFIX = ".studio"
+PLAN_COLORING = "est. size after plan (× original)"
+DIFF_COLORING = "diff: size B / A"
 
 
 def _placeholder(text: str) -> QLabel:
@@ -158,11 +171,29 @@ class LayerTableWidget(QWidget):
 
     def _after_reset(self) -> None:
         self.view.expandAll()
+        self.fit_columns()
+
+    def fit_columns(self) -> None:
+        """Numbers fit their contents, plan cells keep room for "channels 50%", shapes and ops are
+        capped (full text in tooltips) and Name stretches over the rest: at a ~1000 px central
+        area every column, Est. size / Est. MACs included, is visible without scrolling."""
+        h = self.view.header()
+        h.setMinimumSectionSize(36)
         for c in range(self.model.columnCount()):
+            if c == NAME:
+                continue
             self.view.resizeColumnToContents(c)
-            w = self.view.columnWidth(c) + 8
-            lo = 104 if c in PLAN_COL else 56  # plan cells grow when edited ("channels 50%")
-            self.view.setColumnWidth(c, min(max(w, lo), 320 if c == NAME else 150))
+            w = self.view.columnWidth(c) + 6
+            if c in PLAN_COL:
+                w = min(max(w, 72), 96)  # "channels 50%" fits; longer texts elide, tooltip has all
+            elif c == SHAPE:
+                w = min(max(w, 56), 92)
+            elif c == OP:
+                w = min(max(w, 40), 56)
+            elif c in NUMERIC_COLS or c in (PARAMS, MACS):
+                w = min(max(w, 46), 84)
+            self.view.setColumnWidth(c, w)
+        h.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)
 
     def _current_changed(self, cur: QModelIndex, _prev: QModelIndex) -> None:
         src = self.proxy.mapToSource(cur)
@@ -202,6 +233,7 @@ class MainWindow(QMainWindow):
     """Pareto Studio's main window."""
 
     variant_added = Signal(object)
+    model_opened = Signal(bool)  # after an open finished: True = the model is shown
 
     def __init__(
         self, *, work_dir: Path | None = None, session: Session | None = None, auto_measure: bool = True
@@ -213,6 +245,17 @@ class MainWindow(QMainWindow):
         self.workspace = None
         self.last_message = ""
         self.selected_variant: str | None = None
+        self.branch_parent: str | None = None  # new variants become children of this one
+        self.current_layer: str | None = None
+        self.last_report = None
+        self.opening = None  # the running "Open model" job
+        self._open_pool = QThreadPool(self)
+        self._open_pool.setMaxThreadCount(1)
+        self.sensitivity = None  # last sensitivity result (Jobs ▸ Analyze)
+        self.candidates: list[VariantEntry] = []  # auto-compress candidates (plot only)
+        self.auto_job: Job | None = None
+        self.distill_job: Job | None = None
+        self._auto_dialog = None
         self._model_generation = 0
         self._syncing = False
         self.undo_stack = QUndoStack(self)
@@ -237,7 +280,28 @@ class MainWindow(QMainWindow):
         self._netron_holder.layout().addWidget(_placeholder("Netron starts when this tab is first shown."))
         self.netron_tab = self.tabs.addTab(self._netron_holder, "Netron")
         self.tabs.currentChanged.connect(self._tab_changed)
-        self.setCentralWidget(self.tabs)
+        self.banner = QFrame()
+        self.banner.setObjectName("banner")
+        self.banner.setStyleSheet(
+            "#banner { background: #fff3cd; border: 1px solid #e0c060; border-radius: 3px; }"
+            "#banner QLabel { color: #5c4400; }"
+        )
+        self.banner_label = QLabel()
+        self.banner_label.setWordWrap(True)
+        close_banner = QPushButton("Dismiss")
+        close_banner.clicked.connect(self.banner.hide)
+        bl = QHBoxLayout(self.banner)
+        bl.setContentsMargins(8, 4, 8, 4)
+        bl.addWidget(self.banner_label, 1)
+        bl.addWidget(close_banner)
+        self.banner.hide()
+        central = QWidget()
+        cl = QVBoxLayout(central)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.setSpacing(2)
+        cl.addWidget(self.banner)
+        cl.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
 
         # docks
         self.inspector = (
@@ -245,10 +309,40 @@ class MainWindow(QMainWindow):
         )
         self.plot = TradeoffPlot()
         self.plot.variant_clicked.connect(self.restore_variant)
+        self.plot.x_axis.currentIndexChanged.connect(lambda _i: self._save_selection())
         self.jobs_panel = JobsPanel(self.jobs)
         self.inspector_dock = self._dock("Inspector", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea)
         self.plot_dock = self._dock("Trade-off", self.plot, Qt.DockWidgetArea.RightDockWidgetArea)
         self.jobs_dock = self._dock("Jobs", self.jobs_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.history = HistoryView()
+        self.history.branch_requested.connect(self.branch_from)
+        self.history.rename_requested.connect(self.rename_variant)
+        self.history.note_requested.connect(self.annotate_variant)
+        self.history.delete_requested.connect(self.delete_variant)
+        self.history.variant_selected.connect(self._on_history_selected)
+        self.history_dock = self._dock("History", self.history, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.diff_view = DiffView()
+        self.diff_view.compare_requested.connect(self.compare_variants)
+        self.diff_view.color_graph_requested.connect(self.color_graph_by_diff)
+        self.diff_view.layer_selected.connect(self._on_layer_selected)
+        self.diff_dock = self._dock("Diff", self.diff_view, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.heatmap_dock = None
+        try:
+            from studio.gui.views.sensitivity_view import SensitivityView
+
+            self.heatmap = SensitivityView()
+            self.heatmap.layer_selected.connect(self._on_layer_selected)
+            self.heatmap.color_graph_requested.connect(self.color_by_sensitivity)
+            self.heatmap_dock = self._dock(
+                "Sensitivity", self.heatmap, Qt.DockWidgetArea.BottomDockWidgetArea
+            )
+        except ImportError:  # pragma: no cover - the window starts without it
+            self.heatmap = None
+        self.tabifyDockWidget(self.jobs_dock, self.history_dock)
+        self.tabifyDockWidget(self.history_dock, self.diff_dock)
+        if self.heatmap_dock is not None:
+            self.tabifyDockWidget(self.diff_dock, self.heatmap_dock)
+        self.jobs_dock.raise_()
         # The right column (inspector over plot) spans the full height; jobs sit under the tabs.
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
 
@@ -258,8 +352,8 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.resize(1400, 860)
         self.resizeDocks([self.inspector_dock, self.plot_dock], [560, 560], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.inspector_dock, self.plot_dock], [430, 370], Qt.Orientation.Vertical)
-        self.resizeDocks([self.jobs_dock], [150], Qt.Orientation.Vertical)
+        self.resizeDocks([self.inspector_dock, self.plot_dock], [500, 330], Qt.Orientation.Vertical)
+        self.resizeDocks([self.jobs_dock], [210], Qt.Orientation.Vertical)
         self._default_state = self.saveState()
         self._restore_settings()
         # Graph colouring and workspace autosave follow the recipe, debounced.
@@ -303,6 +397,9 @@ class MainWindow(QMainWindow):
         self.act_export = self._action(
             f, "&Export…", self.export_dialog, "Ctrl+E", "export a measured variant"
         )
+        self.act_report = self._action(
+            f, "Write &Report…", self.report_dialog, tip="HTML + Markdown report of the measured variants"
+        )
         f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
 
@@ -317,7 +414,7 @@ class MainWindow(QMainWindow):
         self.act_clear = self._action(e, "Clear Plan of Selected Layers", self.clear_selected, "Del")
 
         v = mb.addMenu("&View")
-        for d in (self.inspector_dock, self.plot_dock, self.jobs_dock):
+        for d in self._docks():
             v.addAction(d.toggleViewAction())
         v.addSeparator()
         self._action(v, "Reset Layout", self.reset_layout)
@@ -331,6 +428,13 @@ class MainWindow(QMainWindow):
         self.act_bench = self._action(
             j, "&Benchmark", self.benchmark_selected, tip="re-measure latency of the selected variant"
         )
+        j.addSeparator()
+        self.act_analyze = self._action(j, "&Analyze Sensitivity", self.analyze_sensitivity,
+                                        tip="per-layer quality drop for each setting: fills the Sensitivity heatmap")  # fmt: skip
+        self.act_auto = self._action(j, "Auto-&compress…", self.auto_compress_dialog,
+                                     tip="search a recipe that reaches a size / latency / MACs target")  # fmt: skip
+        self.act_distill = self._action(j, "&Fine-tune (distill)…", self.distill_dialog,
+                                        tip="knowledge-distillation fine-tune of the selected variant (PyTorch models)")  # fmt: skip
         j.addSeparator()
         self._action(j, "Evaluation Data…", self.choose_eval_data)
         self._action(j, "Calibration Data…", self.choose_calib_data)
@@ -347,9 +451,20 @@ class MainWindow(QMainWindow):
             self.act_save_ws,
             self.act_save_recipe,
             self.act_clear,
+            self.act_analyze,
+            self.act_auto,
         ):
             a.setEnabled(has)
-        self.act_export.setEnabled(any(not v.is_original for v in self.session.variants))
+        measured = any(not v.is_original for v in self.session.variants)
+        self.act_export.setEnabled(measured)
+        self.act_report.setEnabled(measured)
+        torch = bool(has and getattr(self.session.handle, "torch_source", None))
+        self.act_distill.setEnabled(torch)
+        self.act_distill.setToolTip(
+            "knowledge-distillation fine-tune (the model came from PyTorch)"
+            if torch
+            else "only for models opened from PyTorch (.pt/.pth): the ONNX file alone cannot be trained"
+        )
 
     # ------------------------------------------------------------------ settings
 
@@ -373,9 +488,13 @@ class MainWindow(QMainWindow):
         s.setValue("window/state", self.saveState())
         s.sync()
 
+    def _docks(self) -> list[QDockWidget]:
+        docks = [self.inspector_dock, self.plot_dock, self.jobs_dock, self.history_dock, self.diff_dock]
+        return docks + ([self.heatmap_dock] if self.heatmap_dock is not None else [])
+
     def reset_layout(self) -> None:
         self.restoreState(self._default_state)
-        for d in (self.inspector_dock, self.plot_dock, self.jobs_dock):
+        for d in self._docks():
             d.show()
 
     def recent_files(self) -> list[str]:
@@ -412,42 +531,85 @@ class MainWindow(QMainWindow):
         if path:
             self.open_path(Path(path))
 
-    def open_path(self, path: Path) -> bool:
-        """Open whatever `path` is: a model, a recipe, or a workspace."""
+    def open_path(self, path: Path, *, wait: bool = False) -> bool:
+        """Open whatever `path` is: a model (on a worker; `wait` blocks until shown), a recipe,
+        or a workspace."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix == WORKSPACE_SUFFIX:
             return self.open_workspace(path)
         if suffix in RECIPE_SUFFIXES:
             return self.load_recipe(path)
-        return self.open_model(path)
+        return self.open_model(path, wait=wait)
 
-    def open_model(self, path: Path) -> bool:
-        """Load a model into the window; a bad file shows an error dialog and changes nothing."""
+    def open_model(self, path: Path, *, wait: bool = False, factory: str | None = None) -> bool:
+        """Load a model on a worker (the window stays responsive); the table fills when the
+        analysis is ready and `model_opened` fires. A bad file shows an error dialog and changes
+        nothing. `wait=True` blocks (processing events) until done and returns the outcome;
+        otherwise returns True once the load started."""
         path = Path(path)
-        QGuiApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-        try:
-            self.session.open(path)
-        except StudioError as e:
-            QGuiApplication.restoreOverrideCursor()
-            self.message(f"could not open {path.name}: {e.message}")
-            show_error(self, "Cannot open model", e.message, hint=e.hint or "")
-            return False
-        except Exception as e:  # noqa: BLE001 - a loader bug must not close the window
-            QGuiApplication.restoreOverrideCursor()
-            show_exception(self, "Cannot open model", e)
-            return False
-        QGuiApplication.restoreOverrideCursor()
-        self._close_workspace()
-        self._model_loaded()
-        self._add_recent(path)
-        return True
+        if self.opening is not None and not self.opening.done.is_set():
+            self.jobs.cancel(self.opening)
+        self.message(f"opening {path.name}…", 0)
+        gen = self._model_generation = self._model_generation + 1
+        session = self.session
+        job = self.jobs.start(
+            f"Open {path.name}", lambda ctx: prepare_model(session, path, factory), pool=self._open_pool
+        )
+        self.opening = job
+        outcome: dict[str, bool] = {}
+
+        def done(prepared):
+            if gen != self._model_generation:
+                return  # another open superseded this one
+            try:
+                self.session.install(prepared)
+            except Exception as e:  # noqa: BLE001 - a loader bug must not close the window
+                outcome["ok"] = False
+                show_exception(self, "Cannot open model", e)
+                self.model_opened.emit(False)
+                return
+            self._close_workspace()
+            self._model_loaded()
+            self._add_recent(path)
+            outcome["ok"] = True
+            self.model_opened.emit(True)
+
+        def failed(message: str, details: str):
+            if gen != self._model_generation:
+                return
+            outcome["ok"] = False
+            self.message(f"could not open {path.name}: {message}")
+            show_error(self, "Cannot open model", message, hint=details if "Traceback" not in details else "",
+                       details=details if "Traceback" in details else "")  # fmt: skip
+            self.model_opened.emit(False)
+
+        job.signals.finished.connect(done)
+        job.signals.failed.connect(failed)
+        job.signals.cancelled.connect(lambda: outcome.setdefault("ok", False))
+        if not wait:
+            return True
+        from PySide6.QtCore import QEventLoop
+
+        loop = QEventLoop()
+        job.signals.ended.connect(loop.quit)  # queued after finished/failed, so `outcome` is set
+        if not job.done.is_set() or "ok" not in outcome:
+            loop.exec()
+        return outcome.get("ok", False)
 
     def _model_loaded(self) -> None:
         s = self.session
         self._model_generation += 1
         self.undo_stack.clear()
         self.selected_variant = None
+        self.branch_parent = None
+        self.current_layer = None
+        self.sensitivity = None
+        self.candidates = []
+        self.layer_model.heat = {}  # (no repaint: the reset below rebuilds the rows)
+        self.banner.hide()
+        if self.heatmap is not None:
+            self.heatmap.clear()
         self.layer_model.reset()
         if GraphView is not None:
             self.graph.set_model(s.handle.proto, s.analysis)
@@ -521,13 +683,19 @@ class MainWindow(QMainWindow):
             for la in s.analysis.layers
         }
         try:
-            self.graph.set_node_colors(vals, "est. size after plan (× original)")
+            # The plan colouring follows edits, but never replaces a diff / sensitivity colouring.
+            if self.graph.current_coloring() in (PLAN_COLORING, "colour: none"):
+                self.graph.set_node_colors(vals, PLAN_COLORING)
+            else:
+                self.graph.update_node_colors(vals, PLAN_COLORING)
         except Exception as e:  # noqa: BLE001 - colouring is cosmetic
             self.message(f"graph colouring failed: {e}")
 
     def _on_layer_selected(self, name: str) -> None:
         if self._syncing:
             return
+        self.current_layer = name
+        self._save_selection()
         self._syncing = True
         try:
             s = self.session
@@ -571,15 +739,26 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ variants
 
     def _refresh_plot(self) -> None:
-        self.plot.set_variants(self.session.variants)
+        self.plot.set_variants(self.session.variants + self.candidates)
+        self.history.set_variants(self.session.variants, self.selected_variant)
+        self.diff_view.set_variants(self.session.variants)
         self._update_actions()
 
     def restore_variant(self, vid: str) -> None:
-        """Plot click: the variant's recipe becomes the current recipe (one undo step)."""
+        """Plot click / history branch: the variant's recipe becomes the current recipe (one undo
+        step) and new variants made from it become its children."""
         e = self.session.variant(vid)
         if e is None:
+            cand = next((c for c in self.candidates if c.id == vid), None)
+            if cand is not None:
+                self.branch_parent = None
+                self.layer_model.set_recipe(cand.recipe, f"Load {cand.label}")
+                self.message(f"{cand.label} loaded into the table: {cand.recipe.summary()}")
             return
         self.selected_variant = vid
+        self.branch_parent = None if e.is_original else vid
+        self.history.select(vid)
+        self._save_selection()
         self.layer_model.set_recipe(e.recipe, f"Restore recipe of {e.label}")
         q = e.quality()
         self.message(
@@ -634,16 +813,18 @@ class MainWindow(QMainWindow):
 
         return self._start("Measure original", fn, done)
 
-    def apply_and_measure(self) -> Job | None:
-        """Compress with the current recipe, evaluate, benchmark; a new point on the plot."""
+    def apply_and_measure(self, recipe: Recipe | None = None, what: str = "Apply & measure") -> Job | None:
+        """Compress with the current recipe (or `recipe`), evaluate, benchmark; a new point on
+        the plot, a new child of `branch_parent` in the history."""
         s = self.session
         if s.handle is None:
             self.message("open a model first")
             return None
+        recipe = recipe or s.recipe
         try:
             from studio.core.pipeline import resolve_plan
 
-            resolve_plan(s.analysis, s.recipe, s.registry)  # recipe errors show now, not in the job
+            resolve_plan(s.analysis, recipe, s.registry)  # recipe errors show now, not in the job
         except StudioError as e:
             show_error(self, "The recipe cannot be applied", e.message, hint=e.hint or "")
             return None
@@ -654,23 +835,23 @@ class MainWindow(QMainWindow):
         fn = functools.partial(
             apply_and_measure_job,
             handle=s.handle,
-            recipe=s.recipe,
+            recipe=recipe,
             data=got[0],
             calibration=got[1],
             settings=copy.copy(s.settings),
             out_dir=self._variants_dir(),
             label=label,
             registry=s.registry,
+            parent=self.branch_parent,
         )
-        return self._start(f"Apply & measure {label}", fn, self._on_variant_measured)
+        return self._start(f"{what} {label}", fn, self._on_variant_measured)
 
     def _variants_dir(self) -> Path:
         return self.session.work_dir / "variants"
 
     def _on_variant_measured(self, entry: VariantEntry) -> None:
+        self._store_in_workspace(entry)
         self.session.add_variant(entry)
-        if self.workspace is not None and entry.variant is not None:
-            self._ws_call(lambda ws: ws.add_variant(entry.variant, entry.label))
         self._refresh_plot()
         q, size = entry.quality(), entry.size()
         parts = [f"{entry.label} measured"]
@@ -781,26 +962,56 @@ class MainWindow(QMainWindow):
             self.save_workspace(Path(path))
 
     def save_workspace(self, path: Path) -> bool:
-        """Create a workspace holding this session's variants; later changes autosave into it."""
+        """Create a workspace holding this session's variants (tree, notes, metrics, recipe being
+        edited, selection); later changes autosave into it."""
         ws_mod = self._workspace_module()
         if ws_mod is None or self.session.handle is None:
             return False
         try:
             ws = ws_mod.Workspace.create(path, self.session.handle)
-            orig = self.session.original()
-            if orig and orig.metrics:
-                ws.add_metrics(ws_mod.ORIGINAL, orig.metrics)
-            for e in self.session.variants:
-                if not e.is_original and e.variant is not None:
-                    ws.add_variant(e.variant, e.label)
-            ws.set_current_recipe(self.session.recipe)
         except StudioError as e:
             show_error(self, "Cannot save workspace", e.message, hint=e.hint or "")
             return False
         self._close_workspace()
         self.workspace = ws
+        orig = self.session.original()
+        if orig and orig.metrics:
+            self._ws_call(lambda w: w.add_metrics(ws_mod.ORIGINAL, orig.metrics))
+        for e in list(self.session.variants):
+            if not e.is_original:
+                self._store_in_workspace(e)
+        self._autosave_recipe()
+        self._refresh_plot()
         self.message(f"workspace saved to {path}; changes are saved automatically")
         return True
+
+    def _store_in_workspace(self, entry: VariantEntry) -> None:
+        """Add a variant to the open workspace; the entry (and its children) take the
+        workspace's id so history, plot and diff all name it the same way."""
+        ws = self.workspace
+        if ws is None or entry.variant is None:
+            return
+        known = {v.id for v in ws.variants()}
+        parent = entry.parent if entry.parent in known else None
+        entry.variant.parent = parent
+        try:
+            vid = ws.add_variant(
+                entry.variant, entry.label, metrics=entry.metrics, parent=parent, note=entry.note
+            )
+        except StudioError as e:
+            self.message(f"workspace not updated: {e.message}")
+            return
+        old = entry.id
+        entry.id = vid
+        entry.onnx_path = ws.dir / f"{vid}.onnx"
+        entry.variant.provenance["id"] = vid
+        for v in self.session.variants:
+            if v.parent == old:
+                v.parent = vid
+        if self.branch_parent == old:
+            self.branch_parent = vid
+        if self.selected_variant == old:
+            self.selected_variant = vid
 
     def open_workspace_dialog(self) -> None:
         ws_mod = self._workspace_module()
@@ -811,25 +1022,35 @@ class MainWindow(QMainWindow):
             self.open_workspace(Path(path))
 
     def open_workspace(self, path: Path) -> bool:
+        """Reopen a workspace: source model, variants tree + metrics (plot points), the recipe
+        being edited, the selected layer and variant. A source that changed on disk since the
+        workspace was made is said in a banner."""
         ws_mod = self._workspace_module()
         if ws_mod is None:
             self.message("workspaces are not available in this build")
             return False
-        ws = None
+        path = Path(path)
         try:
             ws = ws_mod.Workspace.open(path)
+        except StudioError as e:
+            show_error(self, "Cannot open workspace", e.message, hint=e.hint or "")
+            return False
+        try:
             handle = ws.load_source()
             self.session.open_handle(handle)
             entries = []
             for rec in ws.variants():
                 if rec.missing:
                     continue
-                entries.append(VariantEntry(rec.id, rec.name, rec.recipe, list(rec.metrics), rec.path))
+                entries.append(
+                    VariantEntry(rec.id, rec.name, rec.recipe, list(rec.metrics), rec.path,
+                                 warnings=list(rec.warnings), parent=rec.parent_id, note=rec.note)
+                )  # fmt: skip
             orig_metrics = ws.metrics(ws_mod.ORIGINAL)
             recipe = ws.current_recipe()
+            sel = ws.get_state("selection", {}) or {}
         except StudioError as e:
-            if ws is not None:
-                ws.close()  # release the writer lock, or the user could not reopen it
+            ws.close()
             show_error(self, "Cannot open workspace", e.message, hint=e.hint or "")
             return False
         self._close_workspace()
@@ -843,12 +1064,37 @@ class MainWindow(QMainWindow):
         if orig_metrics:
             orig.metrics = orig_metrics
         self.session.variants.extend(entries)
+        self.session._counter = len(entries)
         if recipe is not None:
             self.layer_model.apply_recipe(recipe)
+        ids = {e.id for e in self.session.variants}
+        self.selected_variant = sel.get("variant") if sel.get("variant") in ids else None
+        self.branch_parent = sel.get("branch_parent") if sel.get("branch_parent") in ids else None
+        if isinstance(sel.get("plot_x"), str):
+            i = self.plot.x_axis.findData(sel["plot_x"])
+            if i >= 0:
+                self.plot.x_axis.setCurrentIndex(i)
         self._refresh_plot()
-        msgs = "; ".join(ws.messages)
-        self.message(f"workspace {path.name}: {len(entries)} variant(s)" + (f"; {msgs}" if msgs else ""))
+        if sel.get("layer") and self.session.layer(sel["layer"]) is not None:
+            self._on_layer_selected(sel["layer"])
+        notes = []
+        if ws.source_changed:
+            notes.append(
+                f"The source model {ws.source_path.name} changed on disk since this workspace was made: "
+                "stored variants were made from the old file; new ones use the file as it is now."
+            )
+        notes += [m for m in ws.messages if "changed on disk" not in m]
+        if notes:
+            self.show_banner(" ".join(notes))
+        self.message(f"workspace {path.name}: {len(entries)} variant(s)" + (f"; {notes[0]}" if notes else ""))
+        self._add_recent(path)
+        self.model_opened.emit(True)
         return True
+
+    def show_banner(self, text: str) -> None:
+        """A dismissable notice above the tabs (things the user must know, but not a dialog)."""
+        self.banner_label.setText(text)
+        self.banner.show()
 
     def _ws_call(self, fn) -> None:
         try:
@@ -859,13 +1105,349 @@ class MainWindow(QMainWindow):
     def _autosave_recipe(self) -> None:
         if self.workspace is not None:
             self._ws_call(lambda ws: ws.set_current_recipe(self.session.recipe))
+            self._ws_call(lambda ws: ws.set_state("selection", self.selection_state()))
+
+    def selection_state(self) -> dict:
+        """What a reopened workspace restores besides recipe and variants."""
+        return {
+            "layer": self.current_layer,
+            "variant": self.selected_variant,
+            "branch_parent": self.branch_parent,
+            "plot_x": self.plot.x_axis.currentData(),
+        }
+
+    def _save_selection(self) -> None:
+        if self.workspace is not None:
+            self._autosave_timer.start()
 
     def _close_workspace(self) -> None:
         if self.workspace is not None:
             try:
+                self._autosave_timer.stop()
+                self._autosave_recipe()
                 self.workspace.close()
             finally:
                 self.workspace = None
+
+    # ------------------------------------------------------------------ history
+
+    def branch_from(self, vid: str) -> None:
+        """Load a variant's recipe into the table (undoable); new variants become its children."""
+        self.restore_variant(vid)
+
+    def _on_history_selected(self, vid: str) -> None:
+        self.selected_variant = vid
+        self._save_selection()
+
+    def rename_variant(self, vid: str, name: str) -> None:
+        e = self.session.variant(vid)
+        if e is None or e.is_original or not name.strip():
+            return
+        e.label = name.strip()
+        if self.workspace is not None:
+            self._ws_call(lambda ws: ws.rename(vid, e.label))
+        self._refresh_plot()
+
+    def annotate_variant(self, vid: str, note: str) -> None:
+        e = self.session.variant(vid)
+        if e is None or e.is_original:
+            return
+        e.note = note
+        if self.workspace is not None:
+            self._ws_call(lambda ws: ws.annotate(vid, note))
+        self._refresh_plot()
+
+    def delete_variant(self, vid: str) -> None:
+        """Remove a variant and its file (children move up to its parent). The view confirmed."""
+        e = self.session.variant(vid)
+        if e is None or e.is_original:
+            return
+        if self.workspace is not None and vid in {v.id for v in self.workspace.variants()}:
+            self._ws_call(lambda ws: ws.delete(vid))
+        elif e.onnx_path is not None and e.onnx_path.parent == self._variants_dir():
+            e.onnx_path.unlink(missing_ok=True)
+        self.session.remove_variant(vid)
+        if self.selected_variant == vid:
+            self.selected_variant = None
+        if self.branch_parent == vid:
+            self.branch_parent = e.parent
+        self._refresh_plot()
+        self.message(f"deleted {e.label}")
+
+    # ------------------------------------------------------------------ diff
+
+    def _proto_of(self, e: VariantEntry):
+        """The ONNX model of a plot entry (loaded from its file when not in memory)."""
+        if e.is_original:
+            return self.session.handle.proto
+        if e.variant is not None:
+            return e.variant.proto
+        from studio.core.model import load_onnx_file
+
+        return load_onnx_file(e.onnx_path)
+
+    def compare_variants(self, a: str, b: str) -> Job | None:
+        """Diff two models (original or variants) on a worker; fills the Diff dock."""
+        ea, eb = self.session.variant(a), self.session.variant(b)
+        if ea is None or eb is None or self.session.handle is None:
+            return None
+
+        def fn(ctx):
+            from studio.core.diff import diff_models
+
+            ctx.report(0.1, "loading models")
+            pa, pb = self._proto_of(ea), self._proto_of(eb)
+            ctx.report(0.3, "comparing layers")
+            return diff_models(pa, pb)
+
+        self.diff_view.choose(a, b)
+
+        def done(diff):
+            self.diff_view.set_diff(diff, ea.label, eb.label)
+            self.diff_dock.show()
+            self.diff_dock.raise_()
+
+        return self._start(f"Diff {ea.label} vs {eb.label}", fn, done)
+
+    def color_graph_by_diff(self) -> None:
+        diff = self.diff_view.diff
+        if diff is None or GraphView is None:
+            return
+        self.graph.set_node_colors(diff_ratios(diff), DIFF_COLORING)
+        self.tabs.setCurrentWidget(self.graph)
+
+    # ------------------------------------------------------------------ report
+
+    def report_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Write report into folder", str(Path.home()))
+        if folder:
+            self.write_report(Path(folder))
+
+    def write_report(self, folder: Path) -> Job | None:
+        """report.html + report.md of every measured variant (the selected one described in
+        detail), written on a worker by `studio.core.report.write_report`."""
+        s = self.session
+        entries = [e for e in s.variants if not e.is_original]
+        if s.handle is None or not entries:
+            self.message("measure at least one variant before writing a report")
+            return None
+        ids = [e.id for e in entries]
+        primary = ids.index(self.selected_variant) if self.selected_variant in ids else len(ids) - 1
+        orig = s.original()
+        handle = s.handle
+
+        def fn(ctx):
+            from studio.core.pipeline import Variant
+            from studio.core.report import write_report
+
+            pairs = []
+            for i, e in enumerate(entries):
+                ctx.report(0.5 * i / len(entries), f"loading {e.label}")
+                v = (
+                    copy.copy(e.variant)
+                    if e.variant is not None
+                    else Variant(self._proto_of(e), e.recipe, {"id": e.id}, parent=e.parent)
+                )
+                v.name = e.label  # the report labels variants by `name` when they have one
+                pairs.append((v, list(e.metrics)))
+            ctx.report(0.6, "writing the report")
+            return write_report(folder, original=handle, variants=pairs,
+                                original_metrics=list(orig.metrics) if orig else [], primary=primary)  # fmt: skip
+
+        def done(paths):
+            self.last_report = paths
+            self.message(f"report written: {paths[0]} and {paths[1].name}")
+
+        return self._start("Write report", fn, done)
+
+    # ------------------------------------------------------------------ sensitivity / search / distill
+
+    def analyze_sensitivity(self) -> Job | None:
+        """Measure every layer × setting drop on calibration samples; fills the heatmap live."""
+        s = self.session
+        if s.handle is None:
+            return None
+        try:
+            from studio.core import sensitivity
+        except ImportError:
+            self.message("sensitivity analysis is not available in this build")
+            return None
+        try:
+            calib = s.calibration_dataset()
+        except StudioError as e:
+            show_error(self, "Data problem", e.message, hint=e.hint or "")
+            return None
+        try:
+            text = s.settings.sensitivity_settings
+            settings = (
+                sensitivity.parse_settings(text)
+                if text
+                else sensitivity.default_settings(has_calibration=True)
+            )
+        except StudioError as e:
+            show_error(self, "Bad sensitivity settings", e.message, hint=e.hint or "")
+            return None
+        handle = s.handle
+        if self.heatmap is not None:
+            self.heatmap.start([la.name for la in s.analysis.layers], [x.key for x in settings])
+            self.heatmap_dock.show()
+            self.heatmap_dock.raise_()
+
+        def fn(ctx):
+            return sensitivity.sweep(handle, calib, settings=settings, ctx=ctx)
+
+        def done(table):
+            self.sensitivity = table
+            if self.heatmap is not None:
+                self.heatmap.set_table(table)
+            self.color_by_sensitivity("")
+            self.message(
+                f"sensitivity measured: {len(table.layers)} layers on {table.n_samples} samples ({table.kind})"
+            )
+
+        job = self._start("Analyze sensitivity", fn, done)
+        if self.heatmap is not None:
+            job.signals.payload.connect(self._on_sensitivity_payload)
+        return job
+
+    def _on_sensitivity_payload(self, payload) -> None:
+        if (
+            isinstance(payload, dict)
+            and payload.get("type") == "sensitivity_row"
+            and self.heatmap is not None
+        ):
+            self.heatmap.add_row(payload)
+
+    def color_by_sensitivity(self, key: str = "") -> None:
+        """Graph + layer table coloured by each layer's drop for `key` (worst over settings if "")."""
+        if self.heatmap is None:
+            return
+        vals = self.heatmap.layer_values(key)
+        if not vals:
+            return
+        label = f"sensitivity: {key or 'worst'} drop"
+        self.layer_model.set_heat(vals, label, self.heatmap.scale)
+        if GraphView is not None:
+            self.graph.set_node_colors(vals, label)
+
+    def auto_compress_dialog(self):
+        """Non-modal dialog: target + max drop; the search runs as a job, candidates go live on
+        the trade-off plot, "Load into table" applies a candidate's recipe (undoable)."""
+        from studio.gui.dialogs.auto_compress import AutoCompressDialog
+
+        if self.session.handle is None:
+            return None
+        dlg = getattr(self, "_auto_dialog", None)
+        if dlg is None:
+            dlg = AutoCompressDialog(self)
+            dlg.run_requested.connect(self.run_auto_compress)
+            dlg.cancel_requested.connect(
+                lambda: self.auto_job is not None and self.jobs.cancel(self.auto_job)
+            )
+            dlg.load_requested.connect(self.load_candidate)
+            self._auto_dialog = dlg
+        dlg.show()
+        dlg.raise_()
+        return dlg
+
+    def run_auto_compress(self, target: str, max_drop: float, max_evals: int) -> Job | None:
+        s = self.session
+        try:
+            from studio.core import search
+        except ImportError:
+            self.message("auto-compress is not available in this build")
+            return None
+        try:
+            targets = [search.parse_target(target)]
+            calib = s.calibration_dataset()
+            heldout = s.eval_dataset() if (s.eval_data or s.calib_data) else None
+        except StudioError as e:
+            show_error(self, "Cannot start the search", e.message, hint=e.hint or "")
+            return None
+        handle, table, dlg = s.handle, self.sensitivity, self._auto_dialog
+        repeats = max(self.session.settings.bench_runs, 3)
+
+        def fn(ctx):
+            return search.auto_compress(handle, calib, targets, max_drop=max_drop, heldout=heldout, table=table,
+                                        max_evals=max_evals, latency_repeats=repeats, ctx=ctx)  # fmt: skip
+
+        self.candidates = []
+        self._refresh_plot()
+        dlg.set_running(True)
+        job = self._start(f"Auto-compress {target}", fn, self._on_search_done)
+        self.auto_job = job
+        job.signals.payload.connect(self._on_search_payload)
+        job.signals.progress.connect(dlg.set_progress)
+        job.signals.failed.connect(lambda *_a: dlg.finished(None))
+        job.signals.cancelled.connect(lambda: dlg.finished(None))
+        return job
+
+    def _on_search_payload(self, payload) -> None:
+        if not isinstance(payload, dict):
+            return
+        if payload.get("type") == "sensitivity_row" and self.heatmap is not None:
+            if not self.heatmap.keys:
+                self.heatmap.start([la.name for la in self.session.analysis.layers], [])
+            self.heatmap.add_row(payload)
+        elif payload.get("type") == "candidate":
+            cand = payload["candidate"]
+            self._auto_dialog.add_candidate(cand)
+            entry = candidate_entry(cand)
+            if entry is not None:
+                self.candidates = [c for c in self.candidates if c.id != entry.id] + [entry]
+                self._refresh_plot()
+
+    def _on_search_done(self, result) -> None:
+        if result.table is not None:
+            self.sensitivity = result.table
+            if self.heatmap is not None:
+                self.heatmap.set_table(result.table)
+        self._auto_dialog.finished(result)
+        self.message(result.message)
+
+    def load_candidate(self, cand: dict) -> None:
+        """Put a search candidate's recipe into the table (one undo step)."""
+        recipe = Recipe.model_validate(cand["recipe"])
+        self.branch_parent = None
+        self.layer_model.set_recipe(recipe, f"Load auto-compress candidate {cand['id']}")
+        self.message(f"candidate {cand['id']} loaded into the table: {recipe.summary()}")
+
+    def distill_dialog(self):
+        """Fine-tune (distill) the current recipe against the original PyTorch model."""
+        from studio.gui.dialogs.distill_dialog import DistillDialog
+
+        s = self.session
+        if s.handle is None or not getattr(s.handle, "torch_source", None):
+            self.message("fine-tuning needs a model opened from PyTorch (.pt/.pth)")
+            return None
+        dlg = DistillDialog(self, s.recipe.summary())
+        dlg.run_requested.connect(lambda params, d=dlg: self.run_distill(params, d))
+        dlg.cancel_requested.connect(
+            lambda: self.distill_job is not None and self.jobs.cancel(self.distill_job)
+        )
+        self._distill_dialog = dlg
+        dlg.show()
+        return dlg
+
+    def run_distill(self, params: dict, dlg=None) -> Job | None:
+        """Apply & measure the current recipe plus a whole-model `finetune: distill` step."""
+        from studio.core.recipe import Step
+
+        s = self.session
+        finetune = Step(technique="distill", params=dict(params))
+        recipe = s.recipe.model_copy(
+            update={"defaults": s.recipe.defaults.model_copy(update={"finetune": finetune})}
+        )
+        job = self.apply_and_measure(recipe=recipe, what="Fine-tune")
+        self.distill_job = job
+        if job is not None and dlg is not None:
+            dlg.set_running(True)
+            job.signals.payload.connect(dlg.add_point)
+            job.signals.progress.connect(dlg.set_progress)
+            job.signals.finished.connect(lambda e: dlg.finished(f"done: {e.label}"))
+            job.signals.failed.connect(lambda m, _d: dlg.finished(f"failed: {m}"))
+            job.signals.cancelled.connect(lambda: dlg.finished("cancelled"))
+        return job
 
     # ------------------------------------------------------------------ export
 

@@ -145,15 +145,38 @@ def plan_with_cell(recipe: Recipe, layer: LayerInfo, column: PlanColumn, value, 
 class SupportCache:
     """`technique.applies_to(layer)` per (technique, layer), computed once per model."""
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, model=None):
         self.registry = registry
+        self.model = model  # onnx.ModelProto: techniques with `model_support` check the graph too
         self._cache: dict[tuple[str, str], Support] = {}
+        self._graph: dict[str, dict[str, Support]] = {}
+
+    def preload(self, techniques=("channels",)) -> None:
+        """Run the graph-level checks now (in the open worker), not on the first table paint."""
+        for t in techniques:
+            self._graph_support(t)
+
+    def _graph_support(self, technique: str) -> dict[str, Support]:
+        """`technique.model_support(model)` once per model: graph reasons a layer-local
+        `applies_to` cannot see (e.g. channel pruning of the layer that produces the output)."""
+        if technique not in self._graph:
+            out: dict[str, Support] = {}
+            try:
+                fn = getattr(self.registry.get(technique), "model_support", None)
+                if fn is not None and self.model is not None:
+                    out = dict(fn(self.model))
+            except Exception:  # noqa: BLE001, S110 - optional check; apply() still validates
+                pass
+            self._graph[technique] = out
+        return self._graph[technique]
 
     def get(self, technique: str, layer: LayerInfo) -> Support:
         key = (technique, layer.name)
         if key not in self._cache:
             try:
                 sup = self.registry.get(technique).applies_to(layer)
+                if sup:
+                    sup = self._graph_support(technique).get(layer.name, sup)
             except StudioError as e:
                 sup = no(f"technique {technique!r} unavailable: {e.message}")
             except Exception as e:  # noqa: BLE001 - a plugin bug must not break the table
@@ -250,6 +273,9 @@ class VariantEntry:
     is_original: bool = False
     variant: object | None = None  # pipeline.Variant when created in this session
     warnings: list[str] = field(default_factory=list)
+    parent: str | None = None  # id of the variant whose recipe this one was branched from
+    note: str = ""
+    is_candidate: bool = False  # an auto-compress candidate: measured, but no file is kept
 
     def metric(self, *names: str) -> Metric | None:
         for n in names:
@@ -274,6 +300,25 @@ class VariantEntry:
         return "\n".join(lines)
 
 
+def candidate_entry(cand: dict) -> VariantEntry | None:
+    """A plot entry for an auto-compress candidate (`Candidate.to_dict()`): its held-out accuracy
+    (or cosine) is the quality, the serialized size the x value; failed candidates give None."""
+    if cand.get("error"):
+        return None
+    ms = {k: Metric.from_dict(d) for k, d in cand.get("metrics", {}).items()}
+    out = []
+    for src, name in (("heldout_top1", "top1"), ("heldout_cosine", "cosine_mean")):
+        if src in ms:
+            m = ms[src]
+            out.append(Metric(name, m.value, m.kind, m.source, n_samples=m.n_samples, unit=m.unit))
+    if "size_bytes" in ms:
+        out.append(ms["size_bytes"])
+    out += [m for k, m in ms.items() if k not in ("heldout_top1", "heldout_cosine", "size_bytes")]
+    recipe = Recipe.model_validate(cand["recipe"])
+    label = f"auto #{cand['id']} ({cand.get('origin', '')})"
+    return VariantEntry(f"candidate-{cand['id']}", label, recipe, out, is_candidate=True)
+
+
 @dataclass
 class MeasureSettings:
     """How much data the measure jobs use (small defaults keep the GUI responsive)."""
@@ -285,6 +330,7 @@ class MeasureSettings:
     bench_batch: int = 1
     threads: int = 1
     synthetic_samples: int = 32
+    sensitivity_settings: str | None = None  # e.g. "channels:0.5 int8"; None = the standard sweep
 
 
 def find_demo_data(model_path: Path) -> tuple[Path | None, Path | None]:
@@ -316,6 +362,26 @@ def synthetic_dataset(handle: ModelHandle, n: int, seed: int = 0) -> Dataset:
     return Dataset(inputs, None, f"random inputs ({n}, no data given)")
 
 
+@dataclass
+class PreparedModel:
+    """A loaded and analysed model, ready for `Session.install`."""
+
+    handle: ModelHandle
+    analysis: ModelAnalysis
+    support: SupportCache
+    estimates: EstimateCache
+    eval_data: Path | None
+    calib_data: Path | None
+    size: list[Metric]
+    onnx_file: Path | None
+
+
+def prepare_model(session: Session, path: Path, factory: str | None = None) -> PreparedModel:
+    """Load + analyse `path` for `session` (worker-thread safe); `factory` builds the module of a
+    PyTorch state_dict (`package.module:function`)."""
+    return session.prepare(load_model(Path(path), factory=factory))
+
+
 class Session:
     """Everything the window shows, without Qt."""
 
@@ -337,26 +403,40 @@ class Session:
 
     def open(self, path: str | os.PathLike) -> ModelHandle:
         """Load a model (ONNX or PyTorch); raises ModelLoadError & co. on bad input."""
-        return self.open_handle(load_model(Path(path)))
+        return self.install(self.prepare(load_model(Path(path))))
 
     def open_handle(self, handle: ModelHandle) -> ModelHandle:
         """Make an already loaded model current: analysis, empty recipe, the original as variant."""
+        return self.install(self.prepare(handle))
+
+    def prepare(self, handle: ModelHandle) -> PreparedModel:
+        """Everything slow about opening (analysis with weight stats, file size, graph checks);
+        touches no session state, so the window runs it on a worker thread."""
         path = handle.source_path
         onnx_file = (
             handle.onnx_path if handle.onnx_path and handle.onnx_path.suffix in ONNX_SUFFIXES else None
         )
         analysis = analyze(handle.proto, file_bytes=onnx_file.stat().st_size if onnx_file else None)
         analysis.warnings.extend(handle.warnings)
-        self.handle, self.analysis = handle, analysis
-        self.recipe = Recipe()
-        self.support = SupportCache(self.registry)
-        self.estimates = EstimateCache(analysis, self.registry)
-        self.eval_data, self.calib_data = find_demo_data(path) if path else (None, None)
+        support = SupportCache(self.registry, handle.proto)
+        support.preload()
+        estimates = EstimateCache(analysis, self.registry)
+        ev, cal = find_demo_data(path) if path else (None, None)
         size = [file_size(onnx_file)] if onnx_file else []
-        name = path.name if path else handle.name
-        self.variants = [VariantEntry("original", f"original ({name})", Recipe(), size, onnx_file, True)]
+        return PreparedModel(handle, analysis, support, estimates, ev, cal, size, onnx_file)
+
+    def install(self, prepared: PreparedModel) -> ModelHandle:
+        """Make a prepared model current (fast; runs on the UI thread)."""
+        p = prepared
+        self.handle, self.analysis = p.handle, p.analysis
+        self.recipe = Recipe()
+        self.support, self.estimates = p.support, p.estimates
+        self.eval_data, self.calib_data = p.eval_data, p.calib_data
+        path = p.handle.source_path
+        name = path.name if path else p.handle.name
+        self.variants = [VariantEntry("original", f"original ({name})", Recipe(), p.size, p.onnx_file, True)]
         self._counter = 0
-        return handle
+        return p.handle
 
     def layer(self, name: str) -> LayerInfo | None:
         return self.analysis.by_name().get(name) if self.analysis else None
@@ -380,6 +460,26 @@ class Session:
     def add_variant(self, entry: VariantEntry) -> None:
         self.variants = [v for v in self.variants if v.id != entry.id] + [entry]
 
+    def remove_variant(self, vid: str) -> None:
+        """Drop a variant; its children are re-parented to its parent (the tree stays connected)."""
+        gone = self.variant(vid)
+        if gone is None or gone.is_original:
+            return
+        for v in self.variants:
+            if v.parent == vid:
+                v.parent = gone.parent
+        self.variants = [v for v in self.variants if v.id != vid]
+
+    def children(self) -> dict[str | None, list[VariantEntry]]:
+        """parent id -> child variants (None: made from the original), in creation order."""
+        ids = {v.id for v in self.variants}
+        out: dict[str | None, list[VariantEntry]] = {None: []}
+        for v in self.variants:
+            if v.is_original:
+                continue
+            out.setdefault(v.parent if v.parent in ids else None, []).append(v)
+        return out
+
     def next_label(self) -> str:
         self._counter += 1
         return f"v{self._counter}"
@@ -394,6 +494,14 @@ class Session:
         ds = load_dataset(spec)
         n = self.settings.eval_samples
         return calibration_subset(ds, n) if n else ds
+
+    def calibration_dataset(self) -> Dataset:
+        """Calibration samples as a Dataset (labels kept when the file has them) for sweeps and
+        searches; random inputs when the user gave no data."""
+        spec = self.calib_data or self.eval_data
+        if spec is None:
+            return synthetic_dataset(self.handle, self.settings.synthetic_samples)
+        return calibration_subset(load_dataset(spec), self.settings.calib_samples)
 
     def calibration(self) -> dict[str, np.ndarray] | None:
         spec = self.calib_data or self.eval_data
@@ -415,7 +523,7 @@ def _forward(gen, ctx: JobContext):
         while True:
             p = next(gen)
             if isinstance(p, Progress):
-                ctx.report(p.fraction, p.message)
+                ctx.report(p.fraction, p.message, p.payload)
     except StopIteration as stop:
         return stop.value
     finally:
@@ -512,6 +620,7 @@ def apply_and_measure_job(
     out_dir: Path,
     label: str,
     registry: Registry | None = None,
+    parent: str | None = None,
 ) -> Generator[Progress, None, VariantEntry]:
     """compress -> evaluate (accuracy with labels, else fidelity) -> size on disk + latency.
 
@@ -520,7 +629,8 @@ def apply_and_measure_job(
     from studio.core.pipeline import compress
 
     yield Progress(0.0, "compressing")
-    variant = _forward(compress(handle, recipe, calibration=calibration, registry=registry), ctx.sub(0, 0.45))
+    sub = ctx.sub(0, 0.45)
+    variant = _forward(compress(handle, recipe, calibration=calibration, registry=registry, ctx=sub), sub)
     yield Progress(0.45, "evaluating")
     ref = handle.proto if data.labels is None else None
     metrics = evaluate(variant.proto, data, reference=ref, threads=settings.threads, ctx=ctx.sub(0.45, 0.7))
@@ -539,5 +649,6 @@ def apply_and_measure_job(
         if tmp.exists():
             tmp.unlink()
     variant.metrics = list(metrics)
+    variant.parent = parent
     yield Progress(1.0, "done")
-    return VariantEntry(vid, label, recipe, metrics, final, False, variant, list(variant.warnings))
+    return VariantEntry(vid, label, recipe, metrics, final, False, variant, list(variant.warnings), parent)

@@ -23,6 +23,7 @@ class JobSignals(QObject):
     """Signals of one job. Lives in the GUI thread, so slots run there (queued connections)."""
 
     progress = Signal(float, str)
+    payload = Signal(object)  # Progress.payload (a candidate, a loss value): never rate-limited
     finished = Signal(object)
     failed = Signal(str, str)  # message, details
     cancelled = Signal()
@@ -64,6 +65,8 @@ class Job(QRunnable):
         if p.fraction >= 0:
             self.fraction = p.fraction
         self.message = p.message
+        if p.payload is not None:
+            self.signals.payload.emit(p.payload)
         now = time.monotonic()
         # Rate-limit to ~30 Hz so a fast inner loop cannot flood the GUI thread.
         if now - self._last_emit > 0.033 or p.fraction >= 1.0:
@@ -109,12 +112,17 @@ class JobManager(QObject):
         self.pool = QThreadPool()
         self.pool.setMaxThreadCount(max_threads)
         self.jobs: list[Job] = []
+        self.extra_pools: list[QThreadPool] = []
 
-    def start(self, name: str, fn: Callable[[JobContext], object]) -> Job:
+    def start(self, name: str, fn: Callable[[JobContext], object], *, pool: QThreadPool | None = None) -> Job:
+        """Start `fn` as a job (on `pool` when given: e.g. model loading must not queue behind
+        long measure jobs)."""
         job = Job(name, fn)
         self.jobs.append(job)
         self.job_added.emit(job)
-        self.pool.start(job)
+        if pool is not None and pool is not self.pool and pool not in self.extra_pools:
+            self.extra_pools.append(pool)
+        (pool or self.pool).start(job)
         return job
 
     def cancel(self, job: Job) -> None:
@@ -134,9 +142,11 @@ class JobManager(QObject):
         """Cancel every job and wait for the pool; returns False if something did not stop."""
         for j in self.running():
             j.cancel()
-        self.pool.clear()  # queued jobs never start
+        pools = [self.pool, *self.extra_pools]
+        for p in pools:
+            p.clear()  # queued jobs never start
         for j in self.jobs:
             if j.state == "queued":
                 j.state = "cancelled"
                 j.done.set()
-        return self.pool.waitForDone(timeout_ms)
+        return all(p.waitForDone(timeout_ms) for p in pools)

@@ -23,7 +23,7 @@ FC1, FC2, CONV3 = "/fc1/Gemm", "/fc2/Gemm", "/conv3/conv3.0/Conv"
 
 @pytest.fixture
 def opened(window, digits_onnx):
-    assert window.open_path(digits_onnx)
+    assert window.open_path(digits_onnx, wait=True)
     return window
 
 
@@ -85,7 +85,7 @@ def test_delegate_editor_applies_to_all_selected_rows(opened, qtbot):
     sel = view.selectionModel()
     from PySide6.QtCore import QItemSelectionModel
 
-    for name in (FC1, FC2):
+    for name in (FC1, CONV3):
         sel.select(
             proxy.mapFromSource(m.index_of(name)),
             QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows,
@@ -96,7 +96,7 @@ def test_delegate_editor_applies_to_all_selected_rows(opened, qtbot):
     assert isinstance(editor, QDoubleSpinBox)
     editor.setValue(25)  # percent; commits live
     assert w.session.recipe.layers[FC1].prune.params["ratio"] == 0.25
-    assert w.session.recipe.layers[FC2].prune.params["ratio"] == 0.25
+    assert w.session.recipe.layers[CONV3].prune.params["ratio"] == 0.25
     assert w.undo_stack.count() == 1
     w.table.plan_delegate.closeEditor.emit(editor)
     w.undo_stack.undo()
@@ -115,6 +115,15 @@ def test_delegate_editor_applies_to_all_selected_rows(opened, qtbot):
 
 def test_unsupported_cell_is_greyed_with_reason(opened):
     w, m = opened, opened.layer_model
+    # Channel pruning of the output layer would remove classes: the graph check greys it.
+    fc2 = m.index_of(FC2, PRUNE)
+    assert not (m.flags(fc2) & Qt.ItemFlag.ItemIsEditable)
+    assert "output layer: pruning its neurons would remove model outputs" in fc2.data(
+        Qt.ItemDataRole.ToolTipRole
+    )
+    assert fc2.data(Qt.ItemDataRole.BackgroundRole) is not None
+    assert not m.edit_layers([FC2], PRUNE, 0.5) and FC2 not in w.session.recipe.layers
+    assert m.flags(m.index_of(FC1, PRUNE)) & Qt.ItemFlag.ItemIsEditable
     # A default SVD step reaches Conv layers too: their Rank cell shows why it does not apply.
     m.set_recipe(Recipe(defaults=LayerPlan(decompose=Step(technique="svd", params={"rank_ratio": 0.5}))))
     conv = m.index_of(CONV3, RANK)
@@ -182,7 +191,7 @@ def test_closing_window_cancels_job(qtbot, tmp_path, error_dialogs, digits_onnx)
 
     w = MainWindow(work_dir=tmp_path / "w2", auto_measure=False)
     qtbot.addWidget(w)
-    w.open_path(digits_onnx)
+    assert w.open_path(digits_onnx, wait=True)
     w.session.settings.bench_runs = 1_000_000
     w.session.settings.eval_samples = 64
     job = w.apply_and_measure()
@@ -213,7 +222,7 @@ def _drop(w, path: Path):
     w.dropEvent(ev)
 
 
-def test_drop_non_model_file_and_corrupt_model(opened, tmp_path, error_dialogs, digits_onnx):
+def test_drop_non_model_file_and_corrupt_model(opened, qtbot, tmp_path, error_dialogs, digits_onnx):
     w = opened
     txt = tmp_path / "notes.txt"
     txt.write_text("hello")
@@ -223,7 +232,9 @@ def test_drop_non_model_file_and_corrupt_model(opened, tmp_path, error_dialogs, 
 
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(Path(digits_onnx).read_bytes()[:500])
-    _drop(w, bad)
+    with qtbot.waitSignal(w.model_opened, timeout=20_000) as sig:
+        _drop(w, bad)  # models load on a worker; the error dialog comes when it fails
+    assert sig.args == [False]
     assert len(error_dialogs) == 1
     assert "broken.onnx" in error_dialogs[0].text() and "not a valid ONNX" in error_dialogs[0].text()
     assert w.session.handle.source_path == Path(digits_onnx)  # the open model stays

@@ -156,6 +156,9 @@ class LayerTableModel(QAbstractItemModel):
         self._italic.setItalic(True)
         self._bold = QFont()
         self._bold.setBold(True)
+        self.heat: dict[str, float] = {}  # layer -> drop (sensitivity colouring of the Name cell)
+        self.heat_label = ""
+        self.heat_scale = 0.05
 
     # ------------------------------------------------------------------ structure
 
@@ -172,6 +175,16 @@ class LayerTableModel(QAbstractItemModel):
                 self._index_of[n.layer.name] = n
             stack.extend(n.children)
         self.endResetModel()
+
+    def set_heat(self, values: dict[str, float] | None, label: str = "", scale: float = 0.05) -> None:
+        """Colour Name cells by a per-layer drop (green = none, red >= `scale`); None clears."""
+        self.heat, self.heat_label, self.heat_scale = dict(values or {}), label, scale
+        if self.rowCount():
+            self.dataChanged.emit(self.index(0, NAME), self.index(self.rowCount() - 1, NAME))
+            for name in self.heat:
+                i = self.index_of(name)
+                if i.isValid():
+                    self.dataChanged.emit(i, i)
 
     def set_grouped(self, grouped: bool) -> None:
         if grouped != self.grouped:
@@ -309,12 +322,20 @@ class LayerTableModel(QAbstractItemModel):
                 )
             if c in ESTIMATE_COLS and est is not None and est.weight_bytes != la.weight_bytes:
                 return QBrush(QColor(30, 140, 80))
+        if role == Qt.ItemDataRole.BackgroundRole and c == NAME and la.name in self.heat:
+            from studio.gui.views.sensitivity_view import drop_color
+
+            col = drop_color(self.heat[la.name], self.heat_scale)
+            col.setAlpha(150)
+            return QBrush(col)
         if role == Qt.ItemDataRole.BackgroundRole and c in PLAN_COL and not self._supported(la, PLAN_COL[c]):
             return QBrush(
                 QApplication.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Window)
             )
         if role == Qt.ItemDataRole.ToolTipRole:
             if c == NAME:
+                if la.name in self.heat:
+                    return f"{la.name}\n{self.heat_label}: {self.heat[la.name] * 100:+.2f} points (measured)"
                 return la.name
             if c == SHAPE:
                 ins = next((x for x in la.input_shapes if x), None)

@@ -322,6 +322,19 @@ class GraphView(QWidget):
         else:
             self._combo.setCurrentText(label)  # triggers _on_metric_chosen
 
+    def update_node_colors(self, values: dict[str, float], label: str, *, aggregate: str = "max") -> None:
+        """Like ``set_node_colors`` but never switches the colouring the user chose: the values
+        behind ``label`` are replaced and repainted only if ``label`` is showing."""
+        self._custom[label] = (dict(values), aggregate)
+        if self._combo.findText(label) < 0:
+            self._combo.addItem(label)
+        if self._combo.currentText() == label:
+            self._on_metric_chosen(label)
+
+    def current_coloring(self) -> str:
+        """Label of the colouring shown (``NO_COLOUR`` when none)."""
+        return self._combo.currentText()
+
     def fit_to_view(self) -> None:
         rect = self._scene.itemsBoundingRect()
         if not rect.isEmpty():

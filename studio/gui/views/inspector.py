@@ -172,7 +172,7 @@ class InspectorView(QWidget):
         # colour-coded axis label instead of a legend, which would sit on top of a curve
         self.sv_plot.setLabel(
             "left",
-            "<span style='color:#4c78a8'>σᵢ / σ₀</span> · <span style='color:#54a24b'>cumulative energy</span>",
+            "<span style='color:#4c78a8'>σ/σ₀</span> <span style='color:#54a24b'>energy</span>",
         )
         self.sv_plot.setYRange(0, 1.05)
         self.sv_item = self.sv_plot.plot(pen=pg.mkPen("#4c78a8", width=2))
@@ -247,7 +247,7 @@ class InspectorView(QWidget):
             self.sv_item.setData([], [])
             self.energy_item.setData([], [])
             self.rank_line.setVisible(False)
-            self.sv_plot.setTitle(f"Singular values of {mat.shape[0]}×{mat.shape[1]}: computing…")
+            _title(self.sv_plot, f"Singular values of {mat.shape[0]}×{mat.shape[1]}: computing…")
             if key not in self._svd_pending:
                 self._svd_pending.add(key)
                 self._pool.start(_SvdJob(key, mat, self._svd_signals))
@@ -303,7 +303,7 @@ class InspectorView(QWidget):
             self.hist_item.setData([], [])
             return
         self.hist_item.setData(edges, counts)
-        self.hist_plot.setTitle(f"Weight histogram ({int(counts.sum()):,} values)")
+        _title(self.hist_plot, f"Weights ({int(counts.sum()):,} values)")
         # unstructured magnitude prune: the |w| threshold it would cut at
         step = self._plan.prune if self._plan is not None else None
         ratio = (
@@ -316,9 +316,9 @@ class InspectorView(QWidget):
             for ln, v in zip(self.threshold_lines, (-thr, thr), strict=True):
                 ln.setVisible(True)
                 ln.setValue(v)
-            self.hist_plot.setTitle(
-                f"Weight histogram ({int(counts.sum()):,} values): "
-                f"<span style='color:#e45756'>|w| &lt; {thr:.3g} pruned by {html.escape(step.summary())}</span>"
+            _title(
+                self.hist_plot,
+                f"Weights: <span style='color:#e45756'>|w| &lt; {thr:.3g} pruned ({ratio:.0%})</span>",
             )
         else:
             for ln in self.threshold_lines:
@@ -335,10 +335,10 @@ class InspectorView(QWidget):
             x, l1, mask = x[keep], l1[keep], mask[keep]
         self.l1_kept_item.setOpts(x=x[~mask], height=l1[~mask], width=0.8)
         self.l1_pruned_item.setOpts(x=x[mask], height=l1[mask], width=0.8)
-        title = f"Per-output-channel L1 norm ({n} channels)"
+        title = f"L1 per output channel ({n})"
         if plan is not None and plan.prune is not None and plan.prune.technique == "channels":
-            title += f": <span style='color:#e45756'>{len(self.pruned)} pruned</span> by {html.escape(plan.prune.summary())}"
-        self.l1_plot.setTitle(title)
+            title += f": <span style='color:#e45756'>{len(self.pruned)} pruned</span>"
+        _title(self.l1_plot, title)
         self.l1_plot.enableAutoRange()
 
     def _on_svd_done(self, key, s) -> None:
@@ -355,24 +355,24 @@ class InspectorView(QWidget):
             self.energy_item.setData([], [])
             self.rank_line.setVisible(False)
             self.chosen_rank = None
-            self.sv_plot.setTitle("Singular values: all zero")
+            _title(self.sv_plot, "Singular values: all zero")
             return
         x = np.arange(1, len(s) + 1, dtype=float)
         cum = cumulative_energy(s)
         self.sv_item.setData(x, s / s[0])
         self.energy_item.setData(x, cum)
         self.chosen_rank = planned_rank(s, self._plan)
-        title = f"Singular values (full rank {len(s)})"
+        title = f"Singular values (rank {len(s)})"
         if self.chosen_rank is not None:
             self.rank_line.setVisible(True)  # before setValue: a hidden line's label does not update
             self.rank_line.setValue(self.chosen_rank)
             title += (
-                f": <span style='color:#e45756'>rank {self.chosen_rank} keeps "
+                f": <span style='color:#e45756'>{self.chosen_rank} keep "
                 f"{cum[self.chosen_rank - 1]:.1%} energy</span>"
             )
         else:
             self.rank_line.setVisible(False)
-        self.sv_plot.setTitle(title)
+        _title(self.sv_plot, title)
         self.sv_plot.setXRange(1, len(s), padding=0.02)
         self.sv_plot.setYRange(0, 1.05, padding=0)
         self.spectrum_ready.emit()
@@ -383,8 +383,8 @@ class InspectorView(QWidget):
         self.rank_line.setVisible(False)
         self.l1_kept_item.setOpts(x=[], height=[])
         self.l1_pruned_item.setOpts(x=[], height=[])
-        self.sv_plot.setTitle(f"Singular values: {why}")
-        self.l1_plot.setTitle(f"Per-output-channel L1 norm: {why}")
+        _title(self.sv_plot, f"Singular values: {why}")
+        _title(self.l1_plot, f"L1 per output channel: {why}")
         self.pruned = np.zeros(0, dtype=np.int64)
         self.singular_values, self.chosen_rank = None, None
 
@@ -393,9 +393,14 @@ class InspectorView(QWidget):
         self.hist_item.setData([], [])
         for ln in self.threshold_lines:
             ln.setVisible(False)
-        self.hist_plot.setTitle("Weight histogram")
+        _title(self.hist_plot, "Weights")
         self._set_plots_unavailable("no layer")
         self._current_key = None
+
+
+def _title(plot, text: str) -> None:
+    """Plot titles in a small font: the dock is ~560 px wide and long titles would be clipped."""
+    plot.setTitle(text, size="9pt")
 
 
 def get_attr_safe(layer: LayerInfo, name: str):

@@ -73,11 +73,15 @@ class TradeoffPlot(QWidget):
             size=10, symbol="o", pen=pg.mkPen(accent, width=1.5), brush=pg.mkBrush(0, 0, 0, 0),
             hoverable=True, tip=self._tip, hoverSize=14, name="x estimated (hollow)",
         )  # fmt: skip
+        self.candidate = pg.ScatterPlotItem(
+            size=9, symbol="d", pen=pg.mkPen(120, 120, 120), brush=pg.mkBrush(200, 200, 200, 160),
+            hoverable=True, tip=self._tip, hoverSize=13, name="search candidate",
+        )  # fmt: skip
         self.original = pg.ScatterPlotItem(
             size=18, symbol="star", pen=pg.mkPen(120, 80, 0), brush=pg.mkBrush(255, 190, 0),
             hoverable=True, tip=self._tip, hoverSize=22, name="original",
         )  # fmt: skip
-        for it in (self.measured, self.estimated, self.original):
+        for it in (self.candidate, self.measured, self.estimated, self.original):
             pi.addItem(it)
             it.sigClicked.connect(self._on_points_clicked)
         self.plan_line = pg.InfiniteLine(
@@ -114,13 +118,15 @@ class TradeoffPlot(QWidget):
         return m.value / 1024.0 if self.x_axis.currentData() == "size" else m.value
 
     def points(self) -> list[tuple[str, float, float, str]]:
-        """(id, x, y, kind) of every plotted entry: kind original | measured | estimated."""
+        """(id, x, y, kind) of every plotted entry: kind original | measured | estimated | candidate."""
         out = []
         for e in self.entries:
             q, xm = e.quality(), self._x_metric(e)
             if q is None or xm is None:
                 continue
             kind = "original" if e.is_original else ("estimated" if xm.kind == "estimated" else "measured")
+            if e.is_candidate:
+                kind = "candidate"
             out.append((e.id, self._x_value(xm), float(q.value), kind))
         return out
 
@@ -130,6 +136,7 @@ class TradeoffPlot(QWidget):
             ("measured", self.measured),
             ("estimated", self.estimated),
             ("original", self.original),
+            ("candidate", self.candidate),
         ):
             sel = [p for p in pts if p[3] == kind]
             item.setData(x=[p[1] for p in sel], y=[p[2] for p in sel], data=[p[0] for p in sel])
@@ -215,7 +222,7 @@ class TradeoffPlot(QWidget):
 
     def spot(self, vid: str):
         """The SpotItem of a variant (tests and screenshots click it)."""
-        for item in (self.measured, self.estimated, self.original):
+        for item in (self.measured, self.estimated, self.original, self.candidate):
             for p in item.points():
                 if p.data() == vid:
                     return item, p
