@@ -95,14 +95,13 @@ def test_external_data_is_confined_to_the_model_folder(tmp_path, location):
     corpus.record("security")
 
 
-@pytest.mark.parametrize("location", ["w.bin", "sub/w.bin", "inner-link.bin"])
+@pytest.mark.parametrize("location", ["w.bin", "sub/w.bin"])
 def test_external_data_inside_the_folder_still_loads(tmp_path, location):
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)
     data = np.arange(16, dtype=np.float32).tobytes()
     (folder / "w.bin").write_bytes(data)
     (folder / "sub" / "w.bin").write_bytes(data)
-    os.symlink(folder / "w.bin", folder / "inner-link.bin")  # stays inside: allowed
     h = load_model(_ext_model(folder, location))
     w = numpy_helper.to_array(h.proto.graph.initializer[0])
     assert w.ravel().tolist() == list(range(16))
