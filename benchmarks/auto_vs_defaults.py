@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.core.evaluate import Dataset, calibration_subset, load_npz, make_session
+from studio.core.evaluate import Dataset, load_npz, make_session
 from studio.core.jobs import drive
 from studio.core.model import load_model
 from studio.core.pipeline import compress

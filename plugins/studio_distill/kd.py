@@ -39,7 +39,7 @@ class KDConfig:
     val_fraction: float = 0.1
     eval_every: int = 10
     weight_decay: float = 0.0
-    threads: int = 2
+    threads: int = 1
 
 
 @dataclass
@@ -73,9 +73,9 @@ def distill_term(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.
     if s.dim() != 2:
         return F.mse_loss(s, t)
     T = temperature
-    return F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), log_target=True, reduction="batchmean") * (
-        T * T
-    )
+    return F.kl_div(
+        F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), log_target=True, reduction="batchmean"
+    ) * (T * T)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

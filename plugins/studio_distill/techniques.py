@@ -34,7 +34,15 @@ from pydantic import Field
 
 from studio.core.errors import DatasetError, TechniqueError
 from studio.core.graph import LayerInfo
-from studio.plugin_api.technique import YES, ApplyContext, BaseTechnique, LayerEstimate, Params, Stage, Support
+from studio.plugin_api.technique import (
+    YES,
+    ApplyContext,
+    BaseTechnique,
+    LayerEstimate,
+    Params,
+    Stage,
+    Support,
+)
 
 NEEDS_TORCH = "distillation needs a model opened from PyTorch (state_dict + factory or TorchScript)"
 
@@ -48,11 +56,13 @@ class DistillParams(Params):
     hint_weight: float = Field(0.0, ge=0, description="weight of layer-output (hint) losses")
     seed: int = 0
     data: str | None = Field(None, description="training inputs (npz / dataset spec); default: calibration")
-    labels_data: str | None = Field(None, description="npz whose 'labels' align with data; none = teacher only")
+    labels_data: str | None = Field(
+        None, description="npz whose 'labels' align with data; none = teacher only"
+    )
     val_fraction: float = Field(0.1, ge=0, lt=0.5, description="held back to pick the best checkpoint")
     eval_every: int = Field(10, ge=1)
     qat: bool = Field(True, description="fake-quantize layers the recipe quantizes while training")
-    threads: int = Field(2, ge=1, le=64)
+    threads: int = Field(1, ge=1, le=64, description="torch threads (1: no OpenMP spin-wait on a busy CPU)")
 
 
 class Distill(BaseTechnique):
@@ -77,7 +87,10 @@ class Distill(BaseTechnique):
             before.params,
             before.macs,
             before.weight_bytes,
-            notes=[*before.notes, f"distillation fine-tune ({params.steps} steps): weights change, size does not"],
+            notes=[
+                *before.notes,
+                f"distillation fine-tune ({params.steps} steps): weights change, size does not",
+            ],
         )
 
     def apply(self, model: onnx.ModelProto, plan: dict[str, Params], ctx: ApplyContext) -> onnx.ModelProto:
@@ -86,11 +99,15 @@ class Distill(BaseTechnique):
             raise TechniqueError(NEEDS_TORCH)
         recipe = ctx.extras.get("recipe")
         if recipe is None or ctx.original is None:
-            raise TechniqueError("distillation needs the full recipe and the original model from the pipeline")
+            raise TechniqueError(
+                "distillation needs the full recipe and the original model from the pipeline"
+            )
         distinct = {p.model_dump_json() for p in plan.values()}
         params = next(iter(plan.values()))
         if len(distinct) > 1:
-            ctx.warn("distill: layers give different finetune params; the first layer's are used for the model")
+            ctx.warn(
+                "distill: layers give different finetune params; the first layer's are used for the model"
+            )
         return run_distillation(src, recipe, ctx.original, params, ctx)
 
 
@@ -170,7 +187,9 @@ def run_distillation(src: dict, recipe, original: onnx.ModelProto, params: Disti
 
     job = ctx.job
     job.report(0.0, "distill: loading the torch model")
-    teacher = load_torch_module(src["path"], factory=src.get("factory"), trust_pickle=src.get("trust_pickle", False))
+    teacher = load_torch_module(
+        src["path"], factory=src.get("factory"), trust_pickle=src.get("trust_pickle", False)
+    )
     input_names, output_names = _inputs_outputs(original)
     arrays, labels, source = training_data(params, ctx, input_names)
     example = tuple(torch.from_numpy(np.ascontiguousarray(a[:2])) for a in arrays)
@@ -181,7 +200,9 @@ def run_distillation(src: dict, recipe, original: onnx.ModelProto, params: Disti
         for note in build.notes:
             ctx.warn(f"distill: {note}")
         trainable = _freeze_unplanned(build)
-        qat = _attach_qat(build) if params.qat and not isinstance(build.student, torch.jit.ScriptModule) else []
+        qat = (
+            _attach_qat(build) if params.qat and not isinstance(build.student, torch.jit.ScriptModule) else []
+        )
         hints = _hints(build, teacher) if params.hint_weight > 0 else []
         cfg = kd.KDConfig(
             steps=params.steps,
@@ -255,30 +276,33 @@ def _freeze_unplanned(build) -> int:
 def _attach_qat(build) -> list:
     """Fake quantization mirroring each layer's ONNX quantize step (weights and activations)."""
     from studio_distill import lowbit
-    from studio_quantization import ort_bridge
 
     out = []
     for name in build.layer_module:
         plan = build.plans.get(name)
         step = plan.quantize if plan is not None else None
-        if step is None:
-            continue
-        p = step.params
-        if step.technique in ("int8_static", "int8_dynamic"):
-            bits = 7 if ort_bridge.auto_reduce_range(p.get("reduce_range")) else 8
-            wq = lambda b=bits: lowbit.WeightQuant("symmetric", b)  # noqa: E731
-            aq = lambda kind=("static" if step.technique == "int8_static" else "dynamic"): lowbit.ActQuant(kind)  # noqa: E731
-        elif step.technique == "int4_weight":
-            wq = lambda p=p: lowbit.WeightQuant(  # noqa: E731
-                "blocks", 4, int(p.get("block_size", 32)), bool(p.get("symmetric", False))
-            )
-            aq = lambda: None  # noqa: E731
-        else:
-            continue  # fp16 and unknown quantizers: no meaningful fake quant
+        if step is None or step.technique not in ("int8_static", "int8_dynamic", "int4_weight"):
+            continue  # fp16 and other quantizers: no meaningful fake quant
         for path in build.leaf_paths(name):
-            mod = build.student.get_submodule(path)
-            out.append(lowbit.attach(mod, wq(), aq()))
+            weight, act = _fake_quant_for(step)
+            out.append(lowbit.attach(build.student.get_submodule(path), weight, act))
     return out
+
+
+def _fake_quant_for(step):
+    """(weight parametrization, input hook) for one layer of an int8 / int4 quantize step."""
+    from studio_quantization import ort_bridge
+
+    from studio_distill import lowbit
+
+    p = step.params
+    if step.technique == "int4_weight":
+        block, sym = int(p.get("block_size", 32)), bool(p.get("symmetric", False))
+        return lowbit.WeightQuant("blocks", 4, block, sym), None
+    # ORT's reduce_range (auto on x86 without VNNI) means 7-bit weights.
+    bits = 7 if ort_bridge.auto_reduce_range(p.get("reduce_range")) else 8
+    act = lowbit.ActQuant("static" if step.technique == "int8_static" else "dynamic")
+    return lowbit.WeightQuant("symmetric", bits), act
 
 
 def _hints(build, teacher) -> list:

@@ -114,7 +114,9 @@ def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     modules = dict(model.named_modules())
     folded = []
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d | nn.BatchNorm1d):
+        if node.op != "call_module" or not isinstance(
+            modules.get(node.target), nn.BatchNorm2d | nn.BatchNorm1d
+        ):
             continue
         prev = node.args[0] if node.args else None
         if getattr(prev, "op", None) != "call_module" or len(prev.users) != 1:
@@ -172,7 +174,14 @@ def tucker_conv(conv: nn.Conv2d, params, seed: int = 0) -> nn.Sequential:
     first, core, last = tucker2(conv.weight.detach().double().numpy(), r1, r2, seed=seed)
     a = nn.Conv2d(cin, r1, 1, bias=False)
     c = nn.Conv2d(
-        r1, r2, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False, padding_mode=conv.padding_mode
+        r1,
+        r2,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=False,
+        padding_mode=conv.padding_mode,
     )
     z = nn.Conv2d(r2, cout, 1, bias=conv.bias is not None)
     with torch.no_grad():
@@ -190,7 +199,6 @@ def tucker_conv(conv: nn.Conv2d, params, seed: int = 0) -> nn.Sequential:
 def _prune_out(dg, model: nn.Module, path: str, ratio: float, round_to: int, importance: str) -> torch.Tensor:
     """Remove the least important output channels of one module; returns the kept indices."""
     import torch_pruning as tp
-
     from studio_pruning.techniques import kept_channels
 
     mod = model.get_submodule(path)

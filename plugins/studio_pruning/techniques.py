@@ -176,6 +176,18 @@ def magnitude_prune(w: np.ndarray, ratio: float, granularity: str = "element", a
 # ---------------------------------------------------------------------- channels
 
 
+def _named_explicitly(plan: dict, ctx: ApplyContext) -> bool:
+    """True when the recipe names one of the planned layers (or the layer they were split from)
+    with an explicit prune step: refusing all of those is an error, not a skip."""
+    recipe = ctx.extras.get("recipe")
+    if recipe is None:
+        return True
+    for key, lp in recipe.layers.items():
+        if "prune" in lp.model_fields_set and any(n == key or n.startswith(key + "/") for n in plan):
+            return True
+    return False
+
+
 class ChannelParams(Params):
     ratio: float = Field(0.5, gt=0, lt=1, description="fraction of output channels removed")
     importance: Literal["l1", "l2"] = Field("l1", description="norm of a channel's weights")
@@ -282,6 +294,8 @@ class ChannelPruning(BaseTechnique):
                 refused.append(f"{name}: {e.reason}")
                 ctx.warn(f"{name}: channel pruning skipped: {e.reason}")
         if not groups:
+            if not _named_explicitly(plan, ctx):
+                return model  # every layer came from defaults / globs: skipped (warned above)
             raise TechniqueError(f"channel pruning cannot prune any planned layer: {'; '.join(refused)}")
 
         calib = ctx.calibration

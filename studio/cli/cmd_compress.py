@@ -27,6 +27,11 @@ def add_arguments(p) -> None:
     p.add_argument("--n-samples", type=int, default=None, help="evaluate on the first N samples of --data")
     p.add_argument("--latency", action="store_true", help="also measure an interleaved latency ratio")
     p.add_argument("--json", action="store_true", help="print the results as JSON (no progress bar)")
+    p.add_argument(
+        "--distill",
+        metavar="steps=N[,lr=..,batch=..,T=..,data=..]",
+        help="add a distillation fine-tune (finetune stage, on defaults); needs a PyTorch model",
+    )
 
 
 # ---------------------------------------------------------------------- shared with `export`
@@ -36,6 +41,34 @@ def load_recipe(path: str):
     from studio.core.recipe import Recipe
 
     return Recipe.load(path)
+
+
+_DISTILL_ALIASES = {"batch": "batch_size", "T": "temperature"}
+
+
+def with_distill(recipe, spec: str | None):
+    """`--distill steps=400,lr=1e-3,batch=64,T=4` -> the recipe plus a finetune step on defaults."""
+    if not spec:
+        return recipe
+    from studio.core.errors import RecipeError
+    from studio.core.recipe import Step
+
+    params: dict = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--distill: expected key=value, got {item!r} (e.g. steps=400,lr=1e-3)")
+        key = _DISTILL_ALIASES.get(key.strip(), key.strip())
+        for cast in (int, float):
+            try:
+                params[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            params[key] = value
+    defaults = recipe.defaults.with_step("finetune", Step(technique="distill", params=params))
+    return recipe.model_copy(update={"defaults": defaults})
 
 
 def resolve_data_path(spec: str, recipe_path: str | None) -> str:
@@ -87,7 +120,7 @@ def prepare(args):
     from studio.core.pipeline import resolve_plan
 
     handle = open_model(args)
-    recipe = load_recipe(args.recipe)
+    recipe = with_distill(load_recipe(args.recipe), getattr(args, "distill", None))
     # Validate the whole recipe against the model first: unknown layer/technique, bad params.
     resolve_plan(analyze(handle.proto, with_stats=False), recipe)
     sess = make_session(handle.proto, threads=1)

@@ -629,7 +629,11 @@ def auto_compress(
                 label = "polish"
             elif feasible:
                 cur = min(feasible, key=lambda c: c.loss)
-                moves = _fallback_moves(cur.options, options, primary, k, seen, sig)
+                # Estimated drops add up to less than the measured one: scale the gap to close.
+                scale = cur.loss / max(cur.estimate.get("loss", 0.0), 1e-9)
+                need = (cur.loss - max_drop) / max(scale, 1e-9)
+                moves = _fallback_bundles(cur.options, options, primary, need, k, seen, sig)
+                moves += _fallback_moves(cur.options, options, primary, max(k - len(moves), 0), seen, sig)
                 label = "fallback"
             else:
                 cur = min(ok, key=lambda c: (c.violation, c.loss))
@@ -895,6 +899,38 @@ def _fallback_moves(assign, options, cost, k, seen, sig):
         if len(moves) >= k:
             break
     return moves
+
+
+def _fallback_bundles(assign, options, cost, need, k, seen, sig):
+    """Fallback for a large gap: the milder options with the least extra cost per recovered
+    loss, applied together until their estimated recovery covers 0.75×, 1× and 1.5× `need`."""
+    steps = []
+    for n, cur in assign.items():
+        if cur is None or cur.loss <= 0:
+            continue
+        c0 = cost(n, cur)
+        best = None
+        for o in options.get(n, []):
+            dl = cur.loss - o.loss
+            if dl > 0:
+                r = max(cost(n, o) - c0, 0.0) / dl
+                if best is None or r < best[0]:
+                    best = (r, o, dl)
+        if best is not None:
+            steps.append((best[0], n, best[1], best[2]))
+    steps.sort(key=lambda x: x[0])
+    out = []
+    for frac in (1.0, 1.5, 0.75)[: max(k - 1, 1)]:
+        a, got, names = dict(assign), 0.0, []
+        for _, n, o, dl in steps:
+            if got >= need * frac:
+                break
+            a[n] = o
+            got += dl
+            names.append(n)
+        if len(names) > 1 and sig(a) not in seen and all(sig(a) != sig(b) for _, b in out):
+            out.append((f"{len(names)} layers milder (est. -{got * 100:.2f} pt)", a))
+    return out
 
 
 def _message(best, reached, targets, limits, max_drop, cancelled, table) -> str:

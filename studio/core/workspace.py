@@ -159,6 +159,22 @@ class PlotPoint:
 # ---------------------------------------------------------------------- helpers
 
 
+def _place_copy(src: Path, dst: Path) -> None:
+    """Hard-link (instant) or copy `src` to `dst` atomically (temp name + rename)."""
+    if not src.is_file():
+        raise WorkspaceError(f"variant file {src} is missing", hint="re-run Apply & measure")
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:6]}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or links not supported
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def variants_dir(path: Path) -> Path:
     """`model.studio` -> `model.studio.d/` (variant files live there)."""
     return path.with_name(path.name + ".d")
@@ -539,9 +555,12 @@ class Workspace:
         metrics: Iterable[Metric] = (),
         parent: str | None = None,
         note: str = "",
+        file: str | os.PathLike | None = None,
     ) -> str:
         """Store a pipeline Variant: its ONNX goes to `<name>.studio.d/<id>.onnx` (atomic), then
-        one row + its metrics are committed. Returns the new variant id."""
+        one row + its metrics are committed. Returns the new variant id. `file`: a self-contained
+        ONNX file already holding the variant; it is linked (or copied) instead of serializing
+        `variant.proto`, which is then never read (no big-proto work on the caller's thread)."""
         parent = parent if parent is not None else getattr(variant, "parent", None)
         if parent and not self._q("SELECT 1 FROM variants WHERE id = ?", (parent,)):
             raise WorkspaceError(f"parent variant {parent!r} is not in this workspace")
@@ -551,7 +570,10 @@ class Workspace:
         n = self._q("SELECT COUNT(*) FROM variants")[0][0]
         name = name or variant.recipe.name or f"variant {n + 1}"
         rel = f"{vid}.onnx"
-        save_model(variant.proto, self.dir / rel)
+        if file is not None:
+            _place_copy(Path(file), self.dir / rel)
+        else:
+            save_model(variant.proto, self.dir / rel)
         all_metrics = list(getattr(variant, "metrics", []) or []) + list(metrics)
         try:
             with self._tx() as con:

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 
 from studio import __version__
 from studio.core.errors import StudioError
+from studio.core.measure_job import FileVariant, model_spec
 from studio.core.metrics import GLYPH
 from studio.core.recipe import Recipe
 from studio.gui.delegates import PlanDelegate, ShareBarDelegate
@@ -62,6 +63,8 @@ from studio.gui.state import (
     candidate_entry,
     measure_original_job,
     prepare_model,
+    subprocess_apply_job,
+    subprocess_measure_job,
 )
 from studio.gui.views.diff_view import DiffView, diff_ratios
 from studio.gui.views.history_view import HistoryView
@@ -792,16 +795,32 @@ class MainWindow(QMainWindow):
             show_error(self, "Data problem", e.message, hint=e.hint or "")
             return None
 
+    def _data_paths_or_error(self):
+        try:
+            return self.session.data_paths()
+        except StudioError as e:
+            show_error(self, "Data problem", e.message, hint=e.hint or "")
+            return None
+
     def measure_original(self) -> Job | None:
         s = self.session
         if s.handle is None:
             return None
-        got = self._data_or_error()
-        if got is None:
-            return None
-        fn = functools.partial(
-            measure_original_job, handle=s.handle, data=got[0], settings=copy.copy(s.settings)
-        )
+        spec = model_spec(s.handle)
+        if spec is not None:  # evaluated + benchmarked in a child process (see state.py)
+            paths = self._data_paths_or_error()
+            if paths is None:
+                return None
+            fn = functools.partial(
+                subprocess_measure_job, spec=spec, data_path=paths[0], settings=copy.copy(s.settings)
+            )
+        else:
+            got = self._data_or_error()
+            if got is None:
+                return None
+            fn = functools.partial(
+                measure_original_job, handle=s.handle, data=got[0], settings=copy.copy(s.settings)
+            )
 
         def done(metrics):
             orig = s.original()
@@ -828,6 +847,24 @@ class MainWindow(QMainWindow):
         except StudioError as e:
             show_error(self, "The recipe cannot be applied", e.message, hint=e.hint or "")
             return None
+        spec = model_spec(s.handle)
+        if spec is not None:  # the whole job runs in a child process (see state.py)
+            paths = self._data_paths_or_error()
+            if paths is None:
+                return None
+            label = s.next_label()
+            fn = functools.partial(
+                subprocess_apply_job,
+                spec=spec,
+                recipe=recipe,
+                data_path=paths[0],
+                calib_path=paths[1],
+                settings=copy.copy(s.settings),
+                out_dir=self._variants_dir(),
+                label=label,
+                parent=self.branch_parent,
+            )
+            return self._start(f"{what} {label}", fn, self._on_variant_measured)
         got = self._data_or_error()
         if got is None:
             return None
@@ -869,6 +906,16 @@ class MainWindow(QMainWindow):
         e = self._selected_entry()
         if e is None or e.onnx_path is None:
             return self.measure_original() if e is not None and e.is_original else None
+        spec = model_spec(self.session.handle)
+        if spec is not None:  # in a child process: ORT session creation holds the GIL
+            paths = self._data_paths_or_error()
+            if paths is None:
+                return None
+            fn = functools.partial(
+                subprocess_measure_job, spec=(str(e.onnx_path), None), data_path=paths[0],
+                settings=copy.copy(self.session.settings), reference=spec, bench=False,
+            )  # fmt: skip
+            return self._start(f"Evaluate {e.label}", fn, lambda ms: self._merge_metrics(e, ms))
         got = self._data_or_error()
         if got is None:
             return None
@@ -888,6 +935,12 @@ class MainWindow(QMainWindow):
             self.message("the selected model has no ONNX file to benchmark")
             return None
         settings = copy.copy(self.session.settings)
+        if e.onnx_path.suffix.lower() == ".onnx":  # in a child process, like Apply & measure
+            fn = functools.partial(
+                subprocess_measure_job, spec=(str(e.onnx_path), None), data_path=None, settings=settings,
+                evaluate_model=False,
+            )  # fmt: skip
+            return self._start(f"Benchmark {e.label}", fn, lambda ms: self._merge_metrics(e, ms))
         return self._start(
             f"Benchmark {e.label}",
             lambda ctx: bench_model(e.onnx_path, settings, ctx),
@@ -994,9 +1047,14 @@ class MainWindow(QMainWindow):
         known = {v.id for v in ws.variants()}
         parent = entry.parent if entry.parent in known else None
         entry.variant.parent = parent
+        # A variant measured in a child process is already a file: link/copy it, never
+        # parse + re-serialize the model here on the UI thread.
+        v = entry.variant
+        external = getattr(v, "external_data", False)  # (> 2 GB models: re-saved from the proto)
+        file = v.path if isinstance(v, FileVariant) and v.path.exists() and not external else None
         try:
             vid = ws.add_variant(
-                entry.variant, entry.label, metrics=entry.metrics, parent=parent, note=entry.note
+                entry.variant, entry.label, metrics=entry.metrics, parent=parent, note=entry.note, file=file
             )
         except StudioError as e:
             self.message(f"workspace not updated: {e.message}")

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from studio.core.errors import DatasetError, StudioError
-from studio.core.evaluate import Dataset, calibration_subset, evaluate, load_dataset, make_session
+from studio.core.evaluate import Dataset, calibration_subset, evaluate, load_dataset
 from studio.core.graph import LayerInfo, ModelAnalysis, analyze
-from studio.core.jobs import JobContext, Progress
+from studio.core.jobs import JobContext, Progress, run_in_subprocess
+from studio.core.measure_job import (
+    FileVariant,
+    bench_file,
+    cleanup_scratch,
+    disk_size,
+    file_size,
+    new_variant_path,
+    synthetic_dataset,
+)
 from studio.core.metrics import Metric
 from studio.core.model import ONNX_SUFFIXES, TORCH_SUFFIXES, ModelHandle, load_model, save_model
 from studio.core.recipe import LayerPlan, Recipe, Step
@@ -346,22 +354,6 @@ def find_demo_data(model_path: Path) -> tuple[Path | None, Path | None]:
     return ev, cal
 
 
-def synthetic_dataset(handle: ModelHandle, n: int, seed: int = 0) -> Dataset:
-    """Random inputs that fit the model (used for fidelity when the user gave no data)."""
-    sess = make_session(handle.proto, threads=1)
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for i in sess.get_inputs():
-        shape = [n] + [d if isinstance(d, int) and d > 0 else 8 for d in i.shape[1:]]
-        if "int" in i.type:
-            inputs[i.name] = rng.integers(0, 100, size=shape).astype(np.int64 if "64" in i.type else np.int32)
-        elif "bool" in i.type:
-            inputs[i.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            inputs[i.name] = rng.standard_normal(shape).astype(np.float16 if "16" in i.type else np.float32)
-    return Dataset(inputs, None, f"random inputs ({n}, no data given)")
-
-
 @dataclass
 class PreparedModel:
     """A loaded and analysed model, ready for `Session.install`."""
@@ -503,6 +495,16 @@ class Session:
             return synthetic_dataset(self.handle, self.settings.synthetic_samples)
         return calibration_subset(load_dataset(spec), self.settings.calib_samples)
 
+    def data_paths(self) -> tuple[str | None, str | None]:
+        """(evaluation, calibration) files as `eval_dataset` / `calibration` pick them (None:
+        random inputs / no calibration), for jobs that load the data in a subprocess."""
+        ev = self.eval_data or self.calib_data
+        cal = self.calib_data or self.eval_data
+        for p in {ev, cal} - {None}:
+            if not Path(p).exists():
+                raise DatasetError(f"{p}: no such file", hint="choose the data again (Data menu)")
+        return (str(ev) if ev else None), (str(cal) if cal else None)
+
     def calibration(self) -> dict[str, np.ndarray] | None:
         spec = self.calib_data or self.eval_data
         if spec is None:
@@ -532,64 +534,7 @@ def _forward(gen, ctx: JobContext):
 
 def bench_model(path: Path, settings: MeasureSettings, ctx: JobContext) -> list[Metric]:
     """Latency (p50/p90) of an ONNX file on ORT's CPU provider; honours cancel at every run."""
-    try:
-        from studio.core.bench import bench_latency
-    except ImportError:  # older build without the bench module: time it here
-        return _bench_fallback(path, settings, ctx)
-    return bench_latency(
-        path,
-        batch_sizes=(settings.bench_batch,),
-        threads=settings.threads,
-        warmup=settings.bench_warmup,
-        repeats=settings.bench_runs,
-        ctx=ctx,
-    )
-
-
-def disk_size(path: Path) -> list[Metric]:
-    try:
-        from studio.core.bench import size_on_disk
-    except ImportError:
-        return [Metric("size_bytes", float(path.stat().st_size), "measured", "file on disk", unit="B")]
-    return size_on_disk(path)
-
-
-def file_size(path: Path) -> Metric:
-    """Bytes of the model file plus its external data (no zip pass: instant even for big models)."""
-    try:
-        from studio.core.bench import model_file_bytes
-
-        n = model_file_bytes(path)
-    except ImportError:
-        n = path.stat().st_size
-    return Metric("size_bytes", float(n), "measured", "file on disk", unit="B")
-
-
-def _bench_fallback(path: Path, settings: MeasureSettings, ctx: JobContext) -> list[Metric]:
-    sess = make_session(path, threads=settings.threads)
-    rng = np.random.default_rng(0)
-    feed = {}
-    for i in sess.get_inputs():
-        shape = [settings.bench_batch] + [d if isinstance(d, int) and d > 0 else 8 for d in i.shape[1:]]
-        if "int" in i.type:
-            feed[i.name] = rng.integers(0, 100, size=shape).astype(np.int64)
-        else:
-            feed[i.name] = rng.standard_normal(shape).astype(np.float32)
-    for _ in range(settings.bench_warmup):
-        ctx.check()
-        sess.run(None, feed)
-    times = []
-    for i in range(settings.bench_runs):
-        ctx.report(i / settings.bench_runs, "benchmarking")
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    src = f"ORT CPUExecutionProvider, {settings.threads} thread(s), batch {settings.bench_batch}, synthetic inputs"
-    p50, p90 = np.percentile(times, [50, 90])
-    return [
-        Metric("latency_p50_ms", float(p50), "measured", src, n_samples=len(times), unit="ms"),
-        Metric("latency_p90_ms", float(p90), "measured", src, n_samples=len(times), unit="ms"),
-    ]
+    return bench_file(path, asdict(settings), ctx)
 
 
 def measure_original_job(
@@ -652,3 +597,74 @@ def apply_and_measure_job(
     variant.parent = parent
     yield Progress(1.0, "done")
     return VariantEntry(vid, label, recipe, metrics, final, False, variant, list(variant.warnings), parent)
+
+
+# ---------------------------------------------------------------------- jobs in a subprocess
+#
+# Apply & measure, Evaluate and Benchmark run in a spawned child (studio.core.measure_job): on a
+# 90 MB model, protobuf copies/serialization, onnx.checker and ORT session creation hold the GIL
+# for hundreds of ms, which froze the UI even from a worker thread (600 ms stalls on MiniLM).
+# The child reopens the model from its file and returns only paths and metric dicts; the GUI
+# never deserializes the variant unless a later job (diff, export, report) asks for it, on a worker.
+#
+# Used for every model that has a file, not only big ones: spawning costs about 1-2 s (importing
+# numpy/onnx/onnxruntime/plugins in the child; measured in the report), which is small next to a
+# measure job even on the digits demo, and it buys crash isolation (a segfaulting ORT or plugin
+# becomes a failed job) and a cancel that stops a technique mid-`apply`. Models that live only in
+# memory (no file) keep the in-thread jobs above.
+
+
+def subprocess_apply_job(
+    ctx: JobContext,
+    *,
+    spec: tuple[str, dict | None],
+    recipe: Recipe,
+    data_path: str | None,
+    calib_path: str | None,
+    settings: MeasureSettings,
+    out_dir: Path,
+    label: str,
+    parent: str | None = None,
+) -> Generator[Progress, None, VariantEntry]:
+    """`apply_and_measure_job` with the work in a child process; returns a VariantEntry whose
+    `variant` is a FileVariant (the model stays in its file)."""
+    from studio.core import measure_job
+
+    out = new_variant_path(out_dir, label)
+    try:
+        res = yield from run_in_subprocess(
+            measure_job.apply_and_measure, spec[0], spec[1], recipe.dump("yaml"), data_path, calib_path,
+            str(out), asdict(settings), ctx=ctx,
+        )  # fmt: skip
+    finally:
+        cleanup_scratch(out)  # a cancelled (terminated) or crashed child leaves no partial file
+    metrics = [Metric.from_dict(d) for d in res["metrics"]]
+    prov = dict(res["provenance"])
+    vid = prov.get("id") or out.stem
+    prov["id"] = vid
+    variant = FileVariant(res["path"], recipe, prov, parent, res["warnings"], metrics)
+    variant.external_data = res.get("external_data", False)
+    return VariantEntry(
+        vid, label, recipe, metrics, Path(res["path"]), False, variant, list(res["warnings"]), parent
+    )
+
+
+def subprocess_measure_job(
+    ctx: JobContext,
+    *,
+    spec: tuple[str, dict | None],
+    data_path: str | None,
+    settings: MeasureSettings,
+    reference: tuple[str, dict | None] | None = None,
+    evaluate_model: bool = True,
+    bench: bool = True,
+) -> Generator[Progress, None, list[Metric]]:
+    """Evaluate and/or benchmark a model file in a child process; returns the metrics."""
+    from studio.core import measure_job
+
+    ref_path, ref_factory = reference if reference is not None else (None, None)
+    dicts = yield from run_in_subprocess(
+        measure_job.measure_model, spec[0], spec[1], data_path, asdict(settings), ctx=ctx,
+        reference_path=ref_path, reference_factory=ref_factory, evaluate_model=evaluate_model, bench=bench,
+    )  # fmt: skip
+    return [Metric.from_dict(d) for d in dicts]

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,18 @@ def _get(port: int, raw_path: str, host: str = "127.0.0.1") -> tuple[int, bytes]
     return r.status, body
 
 
+def _closes_within(port: int, seconds: float) -> bool:
+    """netron.stop closes the socket from its serving thread's loop: allow it a moment."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def _non_loopback_address() -> str | None:
     """An address of this machine other than loopback (None when it has none)."""
     try:
@@ -203,8 +216,7 @@ def test_netron_serves_only_the_temp_copy_on_loopback(tmp_path, digits_onnx):
         child.stdin.flush()
         done = json.loads(child.stdout.readline())
         assert done["temp_left"] is False
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        assert _closes_within(port, 10.0), "netron still accepts connections after shutdown"
     finally:
         child.kill()
         child.wait(10)
@@ -228,8 +240,8 @@ def _calls(tree: ast.AST):
                 while isinstance(f, ast.Attribute):
                     parts.append(f.attr)
                     f = f.value
-                if isinstance(f, ast.Name):
-                    parts.append(f.id)
+                # `x().eval()` (torch's Module.eval) is a method on an expression, not builtins.eval
+                parts.append(f.id if isinstance(f, ast.Name) else "<expr>")
                 out.append((child, ".".join(reversed(parts)), fn))
             visit(child, name)
 
@@ -266,15 +278,16 @@ DYNAMIC_IMPORT_CALLS = {
 def test_no_path_based_plugin_loading():
     found = set()
     for p in SOURCES:
-        for _call, name, fn in _calls(ast.parse(p.read_text(), str(p))):
-            if name in DYNAMIC_IMPORT_CALLS or name.endswith(".exec_module"):
+        for call, name, fn in _calls(ast.parse(p.read_text(), str(p))):
+            fixed = call.args and isinstance(call.args[0], ast.Constant)  # __import__("sys")
+            if (name in DYNAMIC_IMPORT_CALLS and not fixed) or name.endswith(".exec_module"):
                 found.add((_rel(p), fn))
     unexpected = found - DYNAMIC_IMPORT_ALLOWED
     assert not unexpected, f"new dynamic imports to review: {sorted(unexpected)}"
     assert ("studio/backends/torch_loader.py", "resolve_factory") in found  # the scan sees them
     registry = (ROOT / "studio" / "plugin_api" / "registry.py").read_text()
     assert "entry_points(group=GROUP)" in registry and "sys.path" not in registry
-    corpus.record("security", len(SOURCES))
+    corpus.record("source scan")
 
 
 def test_no_eval_or_exec_and_no_unsafe_deserialisation():
@@ -301,4 +314,4 @@ def test_no_eval_or_exec_and_no_unsafe_deserialisation():
     # The scan would notice: the one trusted torch.load is where we expect it.
     loader = (ROOT / "studio" / "backends" / "torch_loader.py").read_text()
     assert "weights_only=False" in loader
-    corpus.record("security", len(SOURCES))
+    corpus.record("source scan")
