@@ -83,7 +83,9 @@ def main(argv=None) -> int:
             try:
                 rows.append(run_zoo_model(model, Path(tmp) / name, n_samples=args.n_samples))
             except Exception as e:  # noqa: BLE001 - a failing model is a row, not the end
-                rows.append({"model": name, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()})
+                rows.append(
+                    {"model": name, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+                )
     print(_table(rows, args.n_samples))
     print(_reasons(rows))
     result = {

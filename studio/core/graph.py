@@ -157,20 +157,46 @@ def _decoded_weight(node: onnx.NodeProto, idx: GraphIndex, w: str) -> np.ndarray
     return arr
 
 
+STATS_CHUNK = 1 << 20  # elements per pass: big weights are summarised without full-size temporaries
+
+
 def weight_stats(arr: np.ndarray) -> WeightStats:
+    """min / max / mean / std / exact-zero fraction / 64-bin histogram of the finite values,
+    computed chunk by chunk so a 1 GB weight needs no second 1 GB of temporaries."""
     a = np.asarray(arr)
     if a.dtype.kind not in "fiu":
         a = a.astype(np.float32)
     if a.size == 0:
         return WeightStats(0, 0, 0, 0, 0, [], [])
-    af = a.astype(np.float32, copy=False).ravel()
-    counts, edges = np.histogram(af, bins=HIST_BINS)
+    flat = a.reshape(-1)
+    chunks = range(0, flat.size, STATS_CHUNK)
+    lo, hi, total, zeros, n = np.inf, -np.inf, 0.0, 0, 0
+    for s in chunks:
+        c = flat[s : s + STATS_CHUNK].astype(np.float64)
+        zeros += int(np.count_nonzero(c == 0))
+        c = c[np.isfinite(c)] if a.dtype.kind == "f" else c
+        if c.size:
+            lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+            total += float(c.sum())
+            n += c.size
+    if n == 0:  # nothing finite (all NaN / inf)
+        return WeightStats(float("nan"), float("nan"), float("nan"), float("nan"), zeros / flat.size, [], [])
+    mean = total / n
+    sq = 0.0
+    counts = np.zeros(HIST_BINS, dtype=np.int64)
+    edges = None
+    for s in chunks:
+        c = flat[s : s + STATS_CHUNK].astype(np.float64)
+        c = c[np.isfinite(c)] if a.dtype.kind == "f" else c
+        sq += float(((c - mean) ** 2).sum())
+        h, edges = np.histogram(c, bins=HIST_BINS, range=(lo, hi))
+        counts += h
     return WeightStats(
-        min=float(af.min()),
-        max=float(af.max()),
-        mean=float(af.mean()),
-        std=float(af.std()),
-        sparsity=float(np.count_nonzero(af == 0) / af.size),
+        min=lo,
+        max=hi,
+        mean=mean,
+        std=float(np.sqrt(sq / n)),
+        sparsity=zeros / flat.size,
         hist_counts=counts.tolist(),
         hist_edges=edges.tolist(),
     )

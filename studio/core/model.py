@@ -17,6 +17,7 @@ from studio.core.errors import ModelLoadError, UnsupportedModelError
 ONNX_SUFFIXES = {".onnx"}
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".torchscript", ".ptl"}
 MAX_PROTO_BYTES = 2**31 - 1
+SMALL_TENSOR_BYTES = 16 << 20  # exact raw_data length checks below this (they copy)
 
 
 @dataclass
@@ -138,8 +139,8 @@ def load_onnx_file(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(
             f"{path}: parsed as protobuf but holds no ONNX graph", hint="is it an ONNX model?"
         )
+    check_initializers(proto, max_inline_bytes=size)
     _load_external_data_confined(proto, path.parent)
-    check_initializers(proto)
     check_graph_structure(proto)
     return proto
 
@@ -155,30 +156,44 @@ _TYPED_FIELD = {
 }  # fmt: skip
 
 
-def check_initializers(proto: onnx.ModelProto) -> None:
+def check_initializers(proto: onnx.ModelProto, *, max_inline_bytes: int | None = None) -> None:
     """ModelLoadError when an initializer's dims do not fit the data it holds (negative dims,
-    declared sizes far beyond the bytes in the file). Never copies tensor data."""
+    declared sizes beyond the bytes in the file). Never copies big tensor data: in upb protobuf
+    both `len(t.raw_data)` and `t.ByteSize()` copy, so large tensors are bounded by the file."""
     from studio.core.onnx_utils import tensor_nbytes
 
     for t in proto.graph.initializer:
         if any(d < 0 for d in t.dims):
             raise ModelLoadError(f"initializer {t.name!r} has a negative dimension {list(t.dims)}")
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            continue  # not loaded (no external data): sizes are checked when it is read
         n = int(np.prod(t.dims, dtype=object)) if len(t.dims) else 1
-        if t.HasField("raw_data"):
-            # ByteSize() bounds len(raw_data) from above without copying the bytes out.
-            if tensor_nbytes(t) > t.ByteSize():
+        want = tensor_nbytes(t) if t.data_type in _TYPED_FIELD or t.data_type == onnx.TensorProto.FLOAT16 else None
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            length = next((e.value for e in t.external_data if e.key == "length"), None)
+            if want is not None and length is not None and length.isdigit() and int(length) != want:
                 raise ModelLoadError(
-                    f"initializer {t.name!r} declares shape {list(t.dims)} ({tensor_nbytes(t)} bytes) "
-                    f"but holds only about {t.ByteSize()} bytes",
+                    f"initializer {t.name!r} declares shape {list(t.dims)} ({want} bytes) but its "
+                    f"external data holds {length} bytes",
+                    hint="the file is corrupt or was written by a broken exporter",
+                )
+            continue
+        if t.HasField("raw_data"):
+            if want is None:
+                continue
+            have = None
+            if max_inline_bytes is not None and want > max_inline_bytes:
+                have = f"at most {max_inline_bytes} (the file's size)"
+            elif want <= SMALL_TENSOR_BYTES and len(t.raw_data) != want:
+                have = str(len(t.raw_data))
+            if have is not None:
+                raise ModelLoadError(
+                    f"initializer {t.name!r} declares shape {list(t.dims)} ({want} bytes) but holds {have} bytes",
                     hint="the file is corrupt or was written by a broken exporter",
                 )
         elif t.data_type in _TYPED_FIELD and n > 0:
-            have = len(getattr(t, _TYPED_FIELD[t.data_type]))
-            if have != n:
+            have_n = len(getattr(t, _TYPED_FIELD[t.data_type]))
+            if have_n != n:
                 raise ModelLoadError(
-                    f"initializer {t.name!r} declares shape {list(t.dims)} ({n} values) but holds {have}",
+                    f"initializer {t.name!r} declares shape {list(t.dims)} ({n} values) but holds {have_n}",
                     hint="the file is corrupt or was written by a broken exporter",
                 )
 
@@ -292,6 +307,8 @@ def normalize(proto: onnx.ModelProto) -> list[str]:
 
 def infer_shapes_inplace(proto: onnx.ModelProto) -> list[str]:
     """Shape inference on a copy without big weights (memory), merged back as value_info."""
+    from studio.core.onnx_utils import tensor_nbytes
+
     g = proto.graph
     light = onnx.ModelProto()
     light.ir_version = proto.ir_version
@@ -309,7 +326,8 @@ def infer_shapes_inplace(proto: onnx.ModelProto) -> list[str]:
     lg.node.extend(g.node)
     declared = {i.name for i in g.input}
     for t in g.initializer:
-        if t.HasField("raw_data") and len(t.raw_data) > 4096:
+        # Declared size, not len(raw_data) / ByteSize(): both copy the whole tensor in upb.
+        if t.HasField("raw_data") and tensor_nbytes(t) > 4096:
             # A declared graph input with the same shape stands in for the weight (no data copy).
             if t.name not in declared:
                 lg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

@@ -610,6 +610,7 @@ def auto_compress(
         # 2./3. measured refinement and accuracy-aware fallback
         k = max(2, pool.workers)
         polished = False
+        alternate = {"refine": False}
         while len(candidates) < max_evals:
             ctx.check()
             ok = [c for c in candidates if c.error is None]
@@ -617,6 +618,7 @@ def auto_compress(
                 break
             good = [c for c in ok if c.meets_target and c.within_drop]
             feasible = [c for c in ok if c.meets_target]
+            within = [c for c in ok if c.within_drop]
             if good:
                 if polished:
                     break
@@ -627,7 +629,14 @@ def auto_compress(
                 ]
                 polished = True
                 label = "polish"
+            elif feasible and within and not alternate["refine"]:
+                # Both sides exist: also push the best within-drop plan towards the target.
+                alternate["refine"] = True
+                cur = min(within, key=lambda c: (c.violation, c.loss))
+                moves = _refine_bundles(cur, options, primary, cm, targets, limits, k, seen, sig)
+                label = "refine"
             elif feasible:
+                alternate["refine"] = False
                 cur = min(feasible, key=lambda c: c.loss)
                 # Estimated drops add up to less than the measured one: scale the gap to close.
                 scale = cur.loss / max(cur.estimate.get("loss", 0.0), 1e-9)
@@ -899,6 +908,47 @@ def _fallback_moves(assign, options, cost, k, seen, sig):
         if len(moves) >= k:
             break
     return moves
+
+
+def _refine_bundles(cur, options, cost, cm, targets, limits, k, seen, sig):
+    """From a plan within the drop but over a target: the more compressive options with the least
+    estimated loss per saved cost, added until the estimate (scaled by cur's measured/estimated
+    ratio) meets every target, and once more with a 25 % margin."""
+    est0 = cm.plan_costs(cur.options)
+    scale = {
+        "size_bytes": cur.value("size_bytes", est0["size_bytes"]) / max(est0["size_bytes"], 1.0),
+        "latency_ratio": cur.value("latency_ratio", est0["latency_ratio"]) / max(est0["latency_ratio"], 1e-9),
+        "macs": 1.0,
+    }
+    steps = []
+    for n, opts in options.items():
+        o0 = cur.options.get(n) or Option(None, None, 0.0)
+        c0 = cost(n, o0)
+        best = None
+        for o in opts:
+            dc = c0 - cost(n, o)
+            if dc > 0:
+                r = max(o.loss - o0.loss, 0.0) / dc
+                if best is None or r < best[0]:
+                    best = (r, o)
+        if best is not None:
+            steps.append((best[0], n, best[1]))
+    steps.sort(key=lambda x: x[0])
+    out, a, taken, reached_at = [], dict(cur.options), 0, None
+    for _, n, o in steps:
+        a[n] = o
+        taken += 1
+        e = cm.plan_costs(a)
+        scaled = {key: e[key] * scale[key] for key in scale}
+        if reached_at is None and _meets(scaled, targets, limits, estimated=True):
+            reached_at = taken
+            if sig(a) not in seen:
+                out.append((f"{taken} layers stronger (est. meets the targets)", dict(a)))
+        if reached_at is not None and taken >= reached_at * 1.25 + 1:
+            if sig(a) not in seen:
+                out.append((f"{taken} layers stronger (25 % margin)", dict(a)))
+            break
+    return out[:k]
 
 
 def _fallback_bundles(assign, options, cost, need, k, seen, sig):

@@ -163,6 +163,7 @@ def _place_copy(src: Path, dst: Path) -> None:
     """Hard-link (instant) or copy `src` to `dst` atomically (temp name + rename)."""
     if not src.is_file():
         raise WorkspaceError(f"variant file {src} is missing", hint="re-run Apply & measure")
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:6]}.tmp")
     try:
         try:

@@ -392,7 +392,9 @@ def run_zoo_model(model: ZooModel, out_dir: str | Path, *, n_samples: int = 32) 
     ver = result.verification
     fid = ver.get("fidelity", {})
     sizes = ver.get("sizes", {})
-    unsupported = sorted({op for r in ver.get("providers", {}).values() for op in r.get("unsupported_ops", [])})
+    unsupported = sorted(
+        {op for r in ver.get("providers", {}).values() for op in r.get("unsupported_ops", [])}
+    )
     return {
         "model": model.name,
         "description": model.description,

@@ -1509,13 +1509,21 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ export
 
+    @staticmethod
+    def _file_variant(ws, e: VariantEntry) -> FileVariant:
+        rec = ws.variant(e.id)
+        prov = {**dict(rec.provenance), "id": rec.id}
+        return FileVariant(rec.path, rec.recipe, prov, rec.parent_id, rec.warnings, rec.metrics)
+
     def export_dialog(self):
         from studio.gui.dialogs.export_dialog import ExportDialog
 
         if self.workspace is not None:
+            # Stored variants stay in their files (FileVariant): the export job parses the model
+            # on its worker, not here on the UI thread.
             for e in self.session.variants:
-                if not e.is_original and e.variant is None:
-                    self._ws_call(lambda ws, e=e: setattr(e, "variant", ws.load_variant(e.id)))
+                if not e.is_original and e.variant is None and e.onnx_path is not None:
+                    self._ws_call(lambda ws, e=e: setattr(e, "variant", self._file_variant(ws, e)))
         dlg = ExportDialog(self.session, self.jobs, self, selected=self.selected_variant)
         dlg.open()
         return dlg

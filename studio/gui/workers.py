@@ -7,13 +7,14 @@ cancel flag, so the job stops at its next progress point and emits `cancelled`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
 import traceback
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
 from studio.core.errors import JobCancelled, StudioError
 from studio.core.jobs import JobContext, Progress, drive
@@ -47,6 +48,7 @@ class Job(QRunnable):
         self.error: tuple[str, str] | None = None
         self.result = None
         self.done = threading.Event()
+        self.launched = False  # handed to a thread pool (JobManager starts jobs one loop turn later)
         self._last_emit = 0.0
 
     def cancel(self) -> None:
@@ -122,14 +124,22 @@ class JobManager(QObject):
         self.job_added.emit(job)
         if pool is not None and pool is not self.pool and pool not in self.extra_pools:
             self.extra_pools.append(pool)
-        (pool or self.pool).start(job)
+        # Launched on the next event-loop turn: callers connect to `job.signals` right after
+        # start(), and a job that ends within microseconds (a corrupt file) would otherwise emit
+        # `failed` before anyone listens. Signals are delivered by that same loop, so nothing is late.
+        QTimer.singleShot(0, self, functools.partial(self._launch, job, pool or self.pool))
         return job
+
+    def _launch(self, job: Job, pool: QThreadPool) -> None:
+        if not job.done.is_set():  # (cancel() or shutdown() may have dropped it meanwhile)
+            job.launched = True
+            pool.start(job)
 
     def cancel(self, job: Job) -> None:
         """Cancel a job: a queued one is taken off the pool, a running one stops at its next
         progress point."""
         job.cancel()
-        if job.state == "queued" and self.pool.tryTake(job):
+        if job.state == "queued" and (self.pool.tryTake(job) or not job.launched):
             job.state = "cancelled"
             job.done.set()
             job.signals.cancelled.emit()

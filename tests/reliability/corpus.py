@@ -260,9 +260,7 @@ def _constant_weights(folder: Path) -> Path:
 def _lstm_nodes(prefix: str, x: str, y: str, hidden: int = 8, inp: int = 4):
     rng = np.random.default_rng(2)
     w = numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, inp)).astype(np.float32), f"{prefix}W")
-    r = numpy_helper.from_array(
-        rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), f"{prefix}R"
-    )
+    r = numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), f"{prefix}R")
     node = helper.make_node(
         "LSTM", [x, f"{prefix}W", f"{prefix}R"], [y], name=f"{prefix}lstm", hidden_size=hidden
     )
@@ -373,7 +371,9 @@ MODEL_CASES: list[Case] = [
     Case("no standard opset", "model", "error", _no_standard_opset),
     Case("external ../../etc/passwd", "model", "error", _external("../../etc/passwd")),
     Case("external absolute path", "model", "error", _external("/etc/passwd")),
-    Case("external sibling folder", "model", "error", _external("../x-secret.bin", make_target=_outside_secret)),
+    Case(
+        "external sibling folder", "model", "error", _external("../x-secret.bin", make_target=_outside_secret)
+    ),
     Case("external symlink escape", "model", "error", _external("weights.bin", make_target=_symlink_escape)),
     Case("external file missing", "model", "error", _external("weights.bin")),
     Case(
@@ -582,22 +582,44 @@ FC1 = "/fc1/Gemm"
 CONV1 = "/conv1/conv1.0/Conv"
 
 RECIPE_CASES: list[Case] = [
-    Case("unknown layer", "recipe", "error", _text("layers:\n  /nope/Gemm: {prune: {channels: {ratio: 0.5}}}\n")),
+    Case(
+        "unknown layer",
+        "recipe",
+        "error",
+        _text("layers:\n  /nope/Gemm: {prune: {channels: {ratio: 0.5}}}\n"),
+    ),
     Case("unknown technique", "recipe", "error", _text("defaults:\n  quantize: int3_magic\n")),
-    Case("ratio > 1", "recipe", "error", _text(f"layers:\n  {FC1}: {{prune: {{channels: {{ratio: 1.5}}}}}}\n")),
+    Case(
+        "ratio > 1", "recipe", "error", _text(f"layers:\n  {FC1}: {{prune: {{channels: {{ratio: 1.5}}}}}}\n")
+    ),
     Case("ratio 0", "recipe", "error", _text("defaults:\n  prune: {magnitude: {ratio: 0}}\n")),
     Case("ratio negative", "recipe", "error", _text("defaults:\n  prune: {magnitude: {ratio: -0.2}}\n")),
     Case("ratio not a number", "recipe", "error", _text("defaults:\n  prune: {magnitude: {ratio: lots}}\n")),
     Case("int8 bits 3", "recipe", "error", _text("defaults:\n  quantize: {int8_static: {bits: 3}}\n")),
     Case("kmeans bits 16", "recipe", "error", _text("defaults:\n  encode: {kmeans: {bits: 16}}\n")),
-    Case("svd rank_ratio 5", "recipe", "error", _text(f"layers:\n  {FC1}: {{decompose: {{svd: {{rank_ratio: 5}}}}}}\n")),
+    Case(
+        "svd rank_ratio 5",
+        "recipe",
+        "error",
+        _text(f"layers:\n  {FC1}: {{decompose: {{svd: {{rank_ratio: 5}}}}}}\n"),
+    ),
     Case("unknown param", "recipe", "error", _text("defaults:\n  quantize: {int8_dynamic: {turbo: true}}\n")),
     Case("newer version", "recipe", "error", _text("version: 99\ndefaults: {quantize: int8_dynamic}\n")),
     Case("version wrong type", "recipe", "error", _text("version: [1]\n")),
     Case("layers is a list", "recipe", "error", _text("layers:\n  - /fc1/Gemm\n")),
-    Case("params is a string", "recipe", "error", _text("defaults:\n  prune: {technique: magnitude, params: half}\n")),
+    Case(
+        "params is a string",
+        "recipe",
+        "error",
+        _text("defaults:\n  prune: {technique: magnitude, params: half}\n"),
+    ),
     Case("wrong stage", "recipe", "error", _text("defaults:\n  quantize: svd\n")),
-    Case("technique refuses the named layer", "recipe", "error", _text(f"layers:\n  '{CONV1}': {{decompose: svd}}\n")),
+    Case(
+        "technique refuses the named layer",
+        "recipe",
+        "error",
+        _text(f"layers:\n  '{CONV1}': {{decompose: svd}}\n"),
+    ),
     Case("unknown stage", "recipe", "error", _text("defaults:\n  sparsify: magnitude\n")),
     Case("unknown top-level key", "recipe", "error", _text("defaults: {}\nlayerz: {}\n")),
     Case("top-level list", "recipe", "error", _text("- quantize\n- prune\n")),
@@ -686,7 +708,9 @@ def files_under(folder: Path) -> set[str]:
 def assert_refused_cleanly(proc, workdir: Path, before: set[str]) -> str:
     """Exit 2, exactly one line on stderr, no traceback, nothing new in the working folder."""
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout: {proc.stdout[-500:]}\nstderr: {proc.stderr[-2000:]}"
+    assert proc.returncode == 2, (
+        f"exit {proc.returncode}\nstdout: {proc.stdout[-500:]}\nstderr: {proc.stderr[-2000:]}"
+    )
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{proc.stderr[-2000:]}"
     assert lines[0].startswith("error: "), lines[0]

@@ -88,9 +88,7 @@ def _cli_model_case(case, tmp_path):
         assert ins.returncode == 0 and "Traceback" not in ins.stderr, ins.stderr[-2000:]
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in MODEL_CASES if c.name in CLI_SAMPLE], ids=lambda c: c.name
-)
+@pytest.mark.parametrize("case", [c for c in MODEL_CASES if c.name in CLI_SAMPLE], ids=lambda c: c.name)
 def test_cli_refuses_bad_models_sample(case, tmp_path):
     _cli_model_case(case, tmp_path)
 

