@@ -61,10 +61,6 @@ class JobContext:
         return child
 
 
-def silent() -> JobContext:
-    return JobContext()
-
-
 def drive(gen: Generator[Progress, None, R], ctx: JobContext | None = None) -> R:
     """Run a generator job to completion in this thread; forward progress; honour cancel."""
     ctx = ctx or JobContext()

@@ -402,7 +402,3 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data
             os.unlink(tmp)
         raise
     return path
-
-
-def model_bytes(proto: onnx.ModelProto) -> int:
-    return proto.ByteSize()

@@ -19,7 +19,7 @@ from studio.core.graph import LayerInfo, ModelAnalysis, analyze
 from studio.core.jobs import JobContext, Progress
 from studio.core.metrics import Metric
 from studio.core.model import ModelHandle, infer_shapes_inplace
-from studio.core.recipe import STAGES, LayerPlan, Recipe
+from studio.core.recipe import Recipe
 from studio.plugin_api.registry import Registry, default_registry
 from studio.plugin_api.technique import ApplyContext, LayerEstimate, Stage
 
@@ -295,11 +295,3 @@ def _forward_into(ctx: JobContext | None, i: int, n: int):
         ctx._on_progress(Progress(f, p.message, p.payload))
 
     return on
-
-
-def stage_order() -> tuple[str, ...]:
-    return STAGES
-
-
-def empty_plan() -> LayerPlan:
-    return LayerPlan()
