@@ -77,6 +77,19 @@ def drive(gen: Generator[Progress, None, R], ctx: JobContext | None = None) -> R
         raise
 
 
+def forward(gen: Generator[Progress, None, R], ctx: JobContext) -> R:
+    """Run a sub-generator job inside another, mapping its progress into `ctx`'s range."""
+    try:
+        while True:
+            p = next(gen)
+            if isinstance(p, Progress):
+                ctx.report(p.fraction, p.message, p.payload)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        gen.close()
+
+
 def as_generator(fn: Callable[[JobContext], R], ctx: JobContext) -> Iterator[Progress]:
     """Turn a callback-style function into a generator job by running it in a thread."""
     import queue

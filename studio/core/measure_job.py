@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from studio.core.evaluate import Dataset, calibration_subset, evaluate, load_dataset, make_session
-from studio.core.jobs import JobContext, Progress
+from studio.core.jobs import JobContext, forward
 from studio.core.metrics import Metric
 from studio.core.model import ModelHandle, load_model, load_onnx_file, save_model
 
@@ -130,19 +130,6 @@ def file_size(path: Path) -> Metric:
 # ---------------------------------------------------------------------- child functions
 
 
-def _forward(gen, ctx: JobContext):
-    """Run a sub-generator job, mapping its progress into `ctx`'s range; returns its value."""
-    try:
-        while True:
-            p = next(gen)
-            if isinstance(p, Progress):
-                ctx.report(p.fraction, p.message, p.payload)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        gen.close()
-
-
 def _move_model(src: Path, dst: Path) -> None:
     """Move an ONNX file (and its external data file, named after it) into place."""
     data = src.with_name(src.name + ".data")
@@ -178,7 +165,7 @@ def apply_and_measure(
     calibration = calibration_inputs(calib_path, o)
     ctx.report(0.02, "compressing")
     sub = ctx.sub(0.02, 0.45)
-    variant = _forward(compress(handle, recipe, calibration=calibration, ctx=sub), sub)
+    variant = forward(compress(handle, recipe, calibration=calibration, ctx=sub), sub)
     ctx.report(0.45, "evaluating")
     ref = handle.proto if data.labels is None else None
     metrics = evaluate(variant.proto, data, reference=ref, threads=o["threads"], ctx=ctx.sub(0.45, 0.7))

@@ -18,7 +18,7 @@ import numpy as np
 from studio.core.errors import DatasetError, StudioError
 from studio.core.evaluate import Dataset, calibration_subset, evaluate, load_dataset
 from studio.core.graph import LayerInfo, ModelAnalysis, analyze
-from studio.core.jobs import JobContext, Progress, run_in_subprocess
+from studio.core.jobs import JobContext, Progress, forward, run_in_subprocess
 from studio.core.measure_job import (
     FileVariant,
     bench_file,
@@ -519,19 +519,6 @@ class Session:
 # ---------------------------------------------------------------------- jobs (generators)
 
 
-def _forward(gen, ctx: JobContext):
-    """Run a sub-generator job, mapping its progress into `ctx`'s range; returns its value."""
-    try:
-        while True:
-            p = next(gen)
-            if isinstance(p, Progress):
-                ctx.report(p.fraction, p.message, p.payload)
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        gen.close()
-
-
 def bench_model(path: Path, settings: MeasureSettings, ctx: JobContext) -> list[Metric]:
     """Latency (p50/p90) of an ONNX file on ORT's CPU provider; honours cancel at every run."""
     return bench_file(path, asdict(settings), ctx)
@@ -575,7 +562,7 @@ def apply_and_measure_job(
 
     yield Progress(0.0, "compressing")
     sub = ctx.sub(0, 0.45)
-    variant = _forward(compress(handle, recipe, calibration=calibration, registry=registry, ctx=sub), sub)
+    variant = forward(compress(handle, recipe, calibration=calibration, registry=registry, ctx=sub), sub)
     yield Progress(0.45, "evaluating")
     ref = handle.proto if data.labels is None else None
     metrics = evaluate(variant.proto, data, reference=ref, threads=settings.threads, ctx=ctx.sub(0.45, 0.7))
