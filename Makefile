@@ -30,17 +30,22 @@ lint: venv
 	$(BIN)/lint-imports
 
 test: venv lint
+	bash tools/ensure_sysdeps.sh $(BIN)/python
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -x --durations=15 tests
 
 reliability: venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m reliability tests
 
 screenshots: venv
+	command -v xvfb-run >/dev/null || (apt-get update -q && apt-get install -y -q xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-cursor0 fonts-dejavu-core)
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python tools/screenshots.py docs/screenshots
 
 bench: venv
 	$(BIN)/python benchmarks/load_and_analyze.py
 	$(BIN)/python benchmarks/techniques.py
+	$(BIN)/python benchmarks/auto_vs_defaults.py
+	$(BIN)/python benchmarks/distill.py
+	QT_QPA_PLATFORM=offscreen $(BIN)/python benchmarks/ui_responsiveness.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
