@@ -112,7 +112,9 @@ def check_dataset(ds: Dataset, session) -> None:
             )
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-            raise DatasetError(f"{ds.source}: input {name!r} holds {bad} NaN/inf value(s)", hint="clean the data")
+            raise DatasetError(
+                f"{ds.source}: input {name!r} holds {bad} NaN/inf value(s)", hint="clean the data"
+            )
         if arr.ndim != len(shape):
             raise DatasetError(
                 f"{ds.source}: input {name!r} has shape {list(arr.shape)}, the model expects {shape}"

@@ -166,7 +166,11 @@ def check_initializers(proto: onnx.ModelProto, *, max_inline_bytes: int | None =
         if any(d < 0 for d in t.dims):
             raise ModelLoadError(f"initializer {t.name!r} has a negative dimension {list(t.dims)}")
         n = int(np.prod(t.dims, dtype=object)) if len(t.dims) else 1
-        want = tensor_nbytes(t) if t.data_type in _TYPED_FIELD or t.data_type == onnx.TensorProto.FLOAT16 else None
+        want = (
+            tensor_nbytes(t)
+            if t.data_type in _TYPED_FIELD or t.data_type == onnx.TensorProto.FLOAT16
+            else None
+        )
         if t.data_location == onnx.TensorProto.EXTERNAL:
             length = next((e.value for e in t.external_data if e.key == "length"), None)
             if want is not None and length is not None and length.isdigit() and int(length) != want:
