@@ -75,9 +75,13 @@ def weight_dims(proto, node_name: str) -> list[int]:
 
 
 def recipe(
-    prune: dict[str, float], *, svd: dict[str, float] | None = None, distill: dict | None = None
+    prune: dict[str, float],
+    *,
+    svd: dict[str, float] | None = None,
+    distill: dict | None = None,
+    refit: bool = True,
 ) -> Recipe:
-    layers = {n: {"prune": {"channels": {"ratio": r}}} for n, r in prune.items()}
+    layers = {n: {"prune": {"channels": {"ratio": r, "refit": refit}}} for n, r in prune.items()}
     for n, r in (svd or {}).items():
         layers.setdefault(n, {})["decompose"] = {"svd": {"rank_ratio": r}}
     defaults: dict = {"quantize": "int8_static"}
@@ -201,22 +205,25 @@ def test_cli_distill_flag(tmp_path, train_npz, digits_calib, digits_eval, capsys
 
 @pytest.mark.reliability
 def test_kd_recovers_pruned_int8(handle, calib, heldout, train_npz, digits_onnx):
-    """62.5% channel pruning of all convs + fc1 + int8: > 2 pt drop without training, <= 0.5 pt
-    after KD. (50% costs only ~0.6 pt here thanks to the ONNX pruner's least-squares refit, so a
-    slightly stronger ratio is used.)"""
+    """50% channel pruning of all convs + fc1 + int8: > 2 pt drop without training (no refit),
+    <= 0.5 pt after KD. With the ONNX pruner's least-squares refit the untrained drop is only
+    ~0.6 pt; that figure is printed too."""
     base = top1(load_model(digits_onnx).proto, heldout)
-    prune = {n: 0.625 for n in [*CONVS, "/fc1/Gemm"]}
-    no_train = top1(run(handle, recipe(prune), calib).proto, heldout)
+    prune = {n: 0.5 for n in [*CONVS, "/fc1/Gemm"]}
+    no_train = top1(run(handle, recipe(prune, refit=False), calib).proto, heldout)
+    refit_only = top1(run(handle, recipe(prune), calib).proto, heldout)
     t0 = time.perf_counter()
     v = run(handle, recipe(prune, distill={"steps": 1000, "lr": 3e-3, "data": str(train_npz)}), calib)
     seconds = time.perf_counter() - t0
     kd = top1(v.proto, heldout)
     print(
-        f"\nfp32 {base:.4f}; pruned 62.5% + int8 without training {no_train:.4f}; with KD (1000 steps, "
-        f"{seconds:.1f} s wall incl. pipeline) {kd:.4f}  (top1 measured on 360 held-out)"
+        f"\nfp32 {base:.4f}; pruned 50% + int8 without training {no_train:.4f} (with least-squares refit "
+        f"{refit_only:.4f}); with KD (1000 steps, {seconds:.1f} s wall incl. pipeline) {kd:.4f}  "
+        "(top1 measured on 360 held-out)"
     )
     assert base - no_train > 0.02
     assert base - kd <= 0.005 + 1e-9
+    assert seconds < 120
 
 
 @pytest.mark.reliability
