@@ -64,25 +64,55 @@ def create_app(argv: list[str] | None = None) -> QApplication:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`studio gui [MODEL] [--workspace FILE]`."""
+    """`studio gui [MODEL] [--workspace FILE] [--factory M:F] [--trust-pickle] [--input-shape S]`."""
     p = argparse.ArgumentParser(prog="studio gui")
     p.add_argument("model", nargs="?")
     p.add_argument("--workspace")
+    p.add_argument("--factory")
+    p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--input-shape")
     args = p.parse_args(argv)
-    return run(Path(args.model) if args.model else None, Path(args.workspace) if args.workspace else None)
+    return run(Path(args.model) if args.model else None, Path(args.workspace) if args.workspace else None,
+               factory=args.factory, trust_pickle=args.trust_pickle, input_shape=args.input_shape)  # fmt: skip
 
 
-def run(model: Path | None = None, workspace: Path | None = None) -> int:
+def run(
+    model: Path | None = None,
+    workspace: Path | None = None,
+    *,
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: str | None = None,
+) -> int:
+    """Show the window and open `workspace` or `model`. For a PyTorch model, `factory` /
+    `trust_pickle` / `input_shape` (text like "1,3,224,224") skip the questions the window asks."""
     app = create_app()
     from studio.gui.main_window import MainWindow
 
     win = MainWindow()
     win.show()
-    if workspace is not None:
-        win.open_workspace(workspace)
-    elif model is not None:
-        win.open_path(model)
+    open_start(win, model, workspace, factory=factory, trust_pickle=trust_pickle, input_shape=input_shape)
     return app.exec()
+
+
+def open_start(win, model, workspace, *, factory=None, trust_pickle=False, input_shape=None) -> bool:
+    """What `studio gui ARGS` opens first (a bad shape shows the error dialog, like any bad file)."""
+    from studio.core.errors import StudioError
+    from studio.gui.dialogs.errors import show_error
+    from studio.gui.dialogs.torch_open import parse_shape
+
+    if workspace is not None:
+        return win.open_workspace(Path(workspace))
+    if model is None:
+        return False
+    if factory or trust_pickle or input_shape:
+        try:
+            shape = parse_shape(input_shape) if input_shape else None
+        except StudioError as e:
+            show_error(win, "Cannot open model", e.message, hint=e.hint or "")
+            return False
+        return win.open_model(Path(model), factory=factory, trust_pickle=trust_pickle, input_shape=shape)
+    return win.open_path(Path(model))
 
 
 if __name__ == "__main__":

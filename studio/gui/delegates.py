@@ -122,3 +122,12 @@ class PlanDelegate(QStyledItemDelegate):
 
     def updateEditorGeometry(self, editor, option, index):  # noqa: N802 - Qt API
         editor.setGeometry(option.rect)
+
+
+class ElideRightDelegate(QStyledItemDelegate):
+    """Plain cells that elide at the end (the view elides names in the middle): a shape text
+    "16×8×8 → 32×8×8" keeps its input side readable instead of losing the arrow."""
+
+    def initStyleOption(self, option, index: QModelIndex) -> None:  # noqa: N802 - Qt API
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideRight

@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMainWindow,
-    QMessageBox,
     QPushButton,
     QTabWidget,
     QTreeView,
@@ -31,13 +30,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio import __version__
 from studio.core.errors import StudioError
-from studio.core.measure_job import FileVariant, model_spec
+from studio.core.measure_job import FileVariant
 from studio.core.metrics import GLYPH
+from studio.core.model import TORCH_SUFFIXES
 from studio.core.recipe import Recipe
-from studio.gui.delegates import PlanDelegate, ShareBarDelegate
+from studio.gui.delegates import ElideRightDelegate, PlanDelegate, ShareBarDelegate
 from studio.gui.dialogs.errors import show_error, show_exception
+from studio.gui.dialogs.torch_open import needs_input_shape
 from studio.gui.models.layer_table import (
     MACS,
     NAME,
@@ -62,6 +62,7 @@ from studio.gui.state import (
     bench_model,
     candidate_entry,
     measure_original_job,
+    model_spec_of,
     prepare_model,
     subprocess_apply_job,
     subprocess_measure_job,
@@ -82,6 +83,8 @@ except ImportError:  # pragma: no cover
     InspectorView = None
 
 MAX_RECENT = 10
+NAME_MIN_WIDTH, NAME_MAX_WIDTH = 120, 320  # layer-name column: at least, and at most what it asks for
+RERUN_KINDS = {"measure", "apply", "apply_and_measure", "compress"}  # jobs that re-run from a recipe
 WORKSPACE_SUFFIX = ".studio"
 PLAN_COLORING = "est. size after plan (× original)"
 DIFF_COLORING = "diff: size B / A"
@@ -135,6 +138,8 @@ class LayerTableWidget(QWidget):
         self.view.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # model order until a header click
         self.view.setUniformRowHeights(True)
         self.view.setAlternatingRowColors(True)
+        # Layer names differ at the end (/conv2/conv2.0/Conv): elide the middle, keep the tail.
+        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setEditTriggers(
@@ -145,6 +150,9 @@ class LayerTableWidget(QWidget):
         self.bar_delegate = ShareBarDelegate(self.view)
         self.plan_delegate = PlanDelegate(model.session, self.view, commit=self.commit_edit)
         self.view.setItemDelegateForColumn(SIZE, self.bar_delegate)
+        self.elide_right = ElideRightDelegate(self.view)
+        for c in (OP, SHAPE):
+            self.view.setItemDelegateForColumn(c, self.elide_right)
         for c in PLAN_COL:
             self.view.setItemDelegateForColumn(c, self.plan_delegate)
         h = self.view.header()
@@ -176,17 +184,42 @@ class LayerTableWidget(QWidget):
         self.view.expandAll()
         self.fit_columns()
 
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self._fit_name()
+
+    def name_width_wanted(self) -> int:
+        """Width that shows the longest (indented) name in full, capped at NAME_MAX_WIDTH."""
+        fit = max(self.view.sizeHintForColumn(NAME), self.view.header().sectionSizeHint(NAME)) + 12
+        return max(NAME_MIN_WIDTH, min(fit, NAME_MAX_WIDTH))
+
+    def _fit_name(self) -> None:
+        """Name stretches over the free width, but never below the width its longest name needs
+        (up to NAME_MAX_WIDTH): on a narrow window the table scrolls sideways instead of eliding
+        every name to "/co…nv"."""
+        h = self.view.header()
+        if self.model.columnCount() == 0:
+            return
+        others = sum(h.sectionSize(c) for c in range(self.model.columnCount()) if c != NAME)
+        free = self.view.viewport().width() - others
+        want = self.name_width_wanted()
+        if free >= want:
+            h.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)
+        else:
+            h.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Interactive)
+            h.resizeSection(NAME, want)
+
     def fit_columns(self) -> None:
         """Numbers fit their contents, plan cells keep room for "channels 50%", shapes and ops are
-        capped (full text in tooltips) and Name stretches over the rest: at a ~1000 px central
-        area every column, Est. size / Est. MACs included, is visible without scrolling."""
+        capped (full text in tooltips) and Name takes the rest, at least what its longest name
+        needs (up to 320 px): at a ~1000 px central area every column is visible."""
         h = self.view.header()
         h.setMinimumSectionSize(36)
         for c in range(self.model.columnCount()):
             if c == NAME:
                 continue
             self.view.resizeColumnToContents(c)
-            w = self.view.columnWidth(c) + 6
+            w = self.view.columnWidth(c) + 3
             if c in PLAN_COL:
                 w = min(max(w, 72), 96)  # "channels 50%" fits; longer texts elide, tooltip has all
             elif c == SHAPE:
@@ -196,7 +229,7 @@ class LayerTableWidget(QWidget):
             elif c in NUMERIC_COLS or c in (PARAMS, MACS):
                 w = min(max(w, 46), 84)
             self.view.setColumnWidth(c, w)
-        h.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)
+        self._fit_name()
 
     def _current_changed(self, cur: QModelIndex, _prev: QModelIndex) -> None:
         src = self.proxy.mapToSource(cur)
@@ -354,7 +387,9 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self.setAcceptDrops(True)
         self.resize(1400, 860)
-        self.resizeDocks([self.inspector_dock, self.plot_dock], [560, 560], Qt.Orientation.Horizontal)
+        # 530 px: the inspector's plots stay readable and, at 1560 px, the table's central area
+        # shows every column with full digits layer names.
+        self.resizeDocks([self.inspector_dock, self.plot_dock], [530, 530], Qt.Orientation.Horizontal)
         self.resizeDocks([self.inspector_dock, self.plot_dock], [500, 330], Qt.Orientation.Vertical)
         self.resizeDocks([self.jobs_dock], [210], Qt.Orientation.Vertical)
         self._default_state = self.saveState()
@@ -375,7 +410,9 @@ class MainWindow(QMainWindow):
 
     def _action(self, menu, text, slot, shortcut=None, tip="") -> QAction:
         a = QAction(text, self)
-        if shortcut:
+        if isinstance(shortcut, list):  # the first one is the one the menu shows
+            a.setShortcuts([QKeySequence(k) for k in shortcut])
+        elif shortcut:
             a.setShortcut(QKeySequence(shortcut))
         if tip:
             a.setStatusTip(tip)
@@ -414,7 +451,13 @@ class MainWindow(QMainWindow):
         e.addAction(self.act_undo)
         e.addAction(self.act_redo)
         e.addSeparator()
-        self.act_clear = self._action(e, "Clear Plan of Selected Layers", self.clear_selected, "Del")
+        self.act_clear = self._action(e, "Clear Plan of Selected Layers", self.clear_selected,
+                                      QKeySequence.StandardKey.Delete, "remove the plan of the selected layers (undoable)")  # fmt: skip
+        # Delete in a text field (filter box, plan editor, note) edits the text, not the plan.
+        self.act_clear.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.table.view.addAction(self.act_clear)
+        self.act_find = self._action(e, "&Find Layer…", self.focus_filter, QKeySequence.StandardKey.Find,
+                                     "filter the layer table by name")  # fmt: skip
 
         v = mb.addMenu("&View")
         for d in self._docks():
@@ -423,7 +466,7 @@ class MainWindow(QMainWindow):
         self._action(v, "Reset Layout", self.reset_layout)
 
         j = mb.addMenu("&Jobs")
-        self.act_measure = self._action(j, "Apply && &Measure", self.apply_and_measure, "Ctrl+M",
+        self.act_measure = self._action(j, "Apply && &Measure", self.apply_and_measure, ["F5", "Ctrl+M"],
                                         "compress with the current recipe, then measure quality, size and latency")  # fmt: skip
         self.act_eval = self._action(
             j, "&Evaluate", self.evaluate_selected, tip="re-measure quality of the selected variant"
@@ -431,6 +474,8 @@ class MainWindow(QMainWindow):
         self.act_bench = self._action(
             j, "&Benchmark", self.benchmark_selected, tip="re-measure latency of the selected variant"
         )
+        self.act_cancel_job = self._action(j, "&Cancel Selected Job", self.cancel_selected_job, "Esc",
+                                           "stop the job selected in the Jobs panel (else the newest running one)")  # fmt: skip
         j.addSeparator()
         self.act_analyze = self._action(j, "&Analyze Sensitivity", self.analyze_sensitivity,
                                         tip="per-layer quality drop for each setting: fills the Sensitivity heatmap")  # fmt: skip
@@ -543,13 +588,31 @@ class MainWindow(QMainWindow):
             return self.open_workspace(path)
         if suffix in RECIPE_SUFFIXES:
             return self.load_recipe(path)
+        if suffix in TORCH_SUFFIXES:
+            from studio.gui.dialogs.torch_open import ask_torch_options
+
+            opts = ask_torch_options(self, path)
+            if opts is None:
+                self.message(f"{path.name} not opened")
+                return False
+            return self.open_model(path, wait=wait, factory=opts.factory, trust_pickle=opts.trust_pickle,
+                                   input_shape=opts.input_shape)  # fmt: skip
         return self.open_model(path, wait=wait)
 
-    def open_model(self, path: Path, *, wait: bool = False, factory: str | None = None) -> bool:
+    def open_model(
+        self,
+        path: Path,
+        *,
+        wait: bool = False,
+        factory: str | None = None,
+        trust_pickle: bool = False,
+        input_shape: tuple[int, ...] | None = None,
+    ) -> bool:
         """Load a model on a worker (the window stays responsive); the table fills when the
         analysis is ready and `model_opened` fires. A bad file shows an error dialog and changes
-        nothing. `wait=True` blocks (processing events) until done and returns the outcome;
-        otherwise returns True once the load started."""
+        nothing; a PyTorch export that needs an input shape asks for one and tries again.
+        `wait=True` blocks (processing events) until done and returns the outcome; otherwise
+        returns True once the load started."""
         path = Path(path)
         if self.opening is not None and not self.opening.done.is_set():
             self.jobs.cancel(self.opening)
@@ -557,7 +620,11 @@ class MainWindow(QMainWindow):
         gen = self._model_generation = self._model_generation + 1
         session = self.session
         job = self.jobs.start(
-            f"Open {path.name}", lambda ctx: prepare_model(session, path, factory), pool=self._open_pool
+            f"Open {path.name}",
+            lambda ctx: prepare_model(
+                session, path, factory, trust_pickle=trust_pickle, input_shape=input_shape
+            ),
+            pool=self._open_pool,
         )
         self.opening = job
         outcome: dict[str, bool] = {}
@@ -581,6 +648,15 @@ class MainWindow(QMainWindow):
         def failed(message: str, details: str):
             if gen != self._model_generation:
                 return
+            if input_shape is None and path.suffix.lower() in TORCH_SUFFIXES and needs_input_shape(message):
+                from studio.gui.dialogs.torch_open import TorchOpenOptions, ask_input_shape
+
+                opts = ask_input_shape(self, path, TorchOpenOptions(factory, trust_pickle))
+                if opts is not None:  # try again with the shape; `wait` callers get that outcome
+                    outcome["retry"] = True
+                    outcome["ok"] = self.open_model(path, wait=wait, factory=opts.factory,
+                                                    trust_pickle=opts.trust_pickle, input_shape=opts.input_shape)  # fmt: skip
+                    return
             outcome["ok"] = False
             self.message(f"could not open {path.name}: {message}")
             show_error(self, "Cannot open model", message, hint=details if "Traceback" not in details else "",
@@ -611,6 +687,7 @@ class MainWindow(QMainWindow):
         self.candidates = []
         self.layer_model.heat = {}  # (no repaint: the reset below rebuilds the rows)
         self.banner.hide()
+        self.jobs_panel.clear_interrupted()
         if self.heatmap is not None:
             self.heatmap.clear()
         self.layer_model.reset()
@@ -711,6 +788,30 @@ class MainWindow(QMainWindow):
         finally:
             self._syncing = False
 
+    def focus_filter(self) -> None:
+        """Ctrl+F: show the layer table and put the cursor in its filter box."""
+        self.tabs.setCurrentWidget(self.table)
+        self.table.filter.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.table.filter.selectAll()
+
+    def cancel_selected_job(self) -> bool:
+        """Esc: cancel the running job selected in the Jobs panel, else the newest running one.
+        An open plan editor takes Esc first (it closes the editor), so Esc never cancels by accident."""
+        view = self.table.view
+        if view.state() == QAbstractItemView.State.EditingState:
+            view.setFocus()  # closes the editor like Esc would (its value is committed already)
+            return False
+        job = self.jobs_panel.selected_job()
+        running = [j for j in self.jobs.running() if j is not self.opening]
+        if job is None or job.done.is_set():
+            job = running[-1] if running else None
+        if job is None:
+            self.message("no running job to cancel")
+            return False
+        self.jobs.cancel(job)
+        self.message(f"cancelling {job.name}…")
+        return True
+
     def clear_selected(self) -> None:
         names = self.table.selected_layer_names()
         if names:
@@ -806,7 +907,7 @@ class MainWindow(QMainWindow):
         s = self.session
         if s.handle is None:
             return None
-        spec = model_spec(s.handle)
+        spec = model_spec_of(s.handle)
         if spec is not None:  # evaluated + benchmarked in a child process (see state.py)
             paths = self._data_paths_or_error()
             if paths is None:
@@ -847,7 +948,7 @@ class MainWindow(QMainWindow):
         except StudioError as e:
             show_error(self, "The recipe cannot be applied", e.message, hint=e.hint or "")
             return None
-        spec = model_spec(s.handle)
+        spec = model_spec_of(s.handle)
         if spec is not None:  # the whole job runs in a child process (see state.py)
             paths = self._data_paths_or_error()
             if paths is None:
@@ -864,7 +965,10 @@ class MainWindow(QMainWindow):
                 label=label,
                 parent=self.branch_parent,
             )
-            return self._start(f"{what} {label}", fn, self._on_variant_measured)
+            job = self._start(f"{what} {label}", fn, self._on_variant_measured)
+            return self._log_job(
+                job, "measure", {"recipe": recipe, "label": label, "parent": self.branch_parent}
+            )
         got = self._data_or_error()
         if got is None:
             return None
@@ -881,7 +985,87 @@ class MainWindow(QMainWindow):
             registry=s.registry,
             parent=self.branch_parent,
         )
-        return self._start(f"{what} {label}", fn, self._on_variant_measured)
+        job = self._start(f"{what} {label}", fn, self._on_variant_measured)
+        return self._log_job(job, "measure", {"recipe": recipe, "label": label, "parent": self.branch_parent})
+
+    def _log_job(self, job: Job, kind: str, params: dict) -> Job:
+        """Record a job in the open workspace with what it needs to run again, so a crash or
+        kill leaves it re-runnable (Workspace.interrupted_jobs on the next open)."""
+        ws = self.workspace
+        if ws is None:
+            return job
+        try:
+            jid = ws.start_job(kind, params)
+        except StudioError as e:
+            self.message(f"workspace job log not updated: {e.message}")
+            return job
+        job.workspace_id = jid
+
+        def end(status: str, message: str = "", result=None) -> None:
+            if ws is not self.workspace or ws.closed:
+                return  # closing the workspace marks its unfinished jobs itself
+            vid = getattr(result, "id", None)
+            vid = vid if vid in {v.id for v in ws.variants()} else None
+            self._ws_call(lambda w: w.finish_job(jid, status, message, variant_id=vid))
+
+        # Connected after _start's slots, so a finished variant is already stored (its id is the
+        # workspace's) when the job is closed.
+        job.signals.finished.connect(lambda r: end("finished", result=r))
+        job.signals.failed.connect(lambda m, _d: end("failed", m))
+        job.signals.cancelled.connect(lambda: end("cancelled", "cancelled by the user"))
+        return job
+
+    def rerun_interrupted(self, job_id: str) -> Job | None:
+        """Start an interrupted workspace job again with the recipe (and parent) it was started
+        with; the old log entry says which job re-ran it."""
+        ws = self.workspace
+        if ws is None:
+            return None
+        try:
+            kind, params = ws.rerun_info(job_id)
+            old_message = ws.job(job_id).message or "interrupted"
+        except StudioError as e:
+            show_error(self, "Cannot re-run the job", e.message, hint=e.hint or "")
+            return None
+        recipe = params.get("recipe")
+        if kind not in RERUN_KINDS or not isinstance(recipe, Recipe):
+            self.message(f"a {kind!r} job cannot be re-run from the window")
+            return None
+        parent = params.get("parent")
+        saved = self.branch_parent
+        self.branch_parent = parent if parent in {v.id for v in self.session.variants} else None
+        try:
+            job = self.apply_and_measure(recipe=recipe, what="Re-run")
+        finally:
+            self.branch_parent = saved
+        if job is not None:
+            new = getattr(job, "workspace_id", "") or job.name
+            self._ws_call(
+                lambda w: w.finish_job(job_id, "interrupted", f"{old_message}; re-run as job {new}")
+            )
+            self.message(f"re-running the interrupted job with its recipe: {recipe.summary()}")
+        return job
+
+    def _show_interrupted_jobs(self, ws) -> None:
+        """Rows with a Re-run button for the jobs the last crash or kill interrupted."""
+        for jid in ws.interrupted_jobs:
+            try:
+                rec = ws.job(jid)
+                kind, params = ws.rerun_info(jid)
+            except StudioError:
+                continue
+            recipe = params.get("recipe")
+            label = params.get("label") or jid
+            what = "Apply & measure" if kind in RERUN_KINDS else kind.capitalize()
+            tip = rec.message or "interrupted"
+            if isinstance(recipe, Recipe):
+                tip += f"\nrecipe: {recipe.summary()}"
+            runnable = kind in RERUN_KINDS and isinstance(recipe, Recipe)
+            rerun = functools.partial(self.rerun_interrupted, jid) if runnable else None
+            self.jobs_panel.add_interrupted(jid, f"{what} {label} (interrupted)", tip, rerun)
+        if ws.interrupted_jobs:
+            self.jobs_dock.show()
+            self.jobs_dock.raise_()
 
     def _variants_dir(self) -> Path:
         return self.session.work_dir / "variants"
@@ -906,7 +1090,7 @@ class MainWindow(QMainWindow):
         e = self._selected_entry()
         if e is None or e.onnx_path is None:
             return self.measure_original() if e is not None and e.is_original else None
-        spec = model_spec(self.session.handle)
+        spec = model_spec_of(self.session.handle)
         if spec is not None:  # in a child process: ORT session creation holds the GIL
             paths = self._data_paths_or_error()
             if paths is None:
@@ -1133,6 +1317,7 @@ class MainWindow(QMainWindow):
             if i >= 0:
                 self.plot.x_axis.setCurrentIndex(i)
         self._refresh_plot()
+        self._show_interrupted_jobs(ws)
         if sel.get("layer") and self.session.layer(sel["layer"]) is not None:
             self._on_layer_selected(sel["layer"])
         notes = []
@@ -1550,14 +1735,15 @@ class MainWindow(QMainWindow):
         if self.session.handle is not None and self.session.handle.onnx_path:
             self.netron.show_model(self.session.handle.onnx_path)
 
-    def about(self) -> None:
-        QMessageBox.about(
-            self,
-            "About Pareto Studio",
-            f"<b>Pareto Studio</b> {__version__}<br>Compress ONNX models layer by layer, measure the "
-            f"trade-offs, export verified models.<br><br>{GLYPH['measured']} measured · "
-            f"{GLYPH['estimated']} estimated by formula · {GLYPH['fidelity']} fidelity vs the original",
-        )
+    def about(self):
+        """Version, loaded techniques + plugin load errors, settings / cache paths (non-blocking)."""
+        from studio.gui.dialogs.about import AboutDialog, about_html
+
+        text = about_html(self.session.registry, self._settings().fileName(), self.session.work_dir)
+        dlg = AboutDialog(self, text)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.open()
+        return dlg
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         """Cancel running jobs and wait for them (bounded), then persist the layout."""

@@ -49,6 +49,7 @@ class Job(QRunnable):
         self.result = None
         self.done = threading.Event()
         self.launched = False  # handed to a thread pool (JobManager starts jobs one loop turn later)
+        self.workspace_id: str | None = None  # its row in the open workspace's job log, if logged
         self._last_emit = 0.0
 
     def cancel(self) -> None:

@@ -263,3 +263,52 @@ def test_distill_dialog_live_loss_curve(qtbot, window):
     assert v.recipe.defaults.finetune.technique == "distill" and v.quality() is not None
     assert json.dumps(dlg.params())  # plain data (goes into the recipe)
     dlg.close()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_interrupted_job_shows_in_jobs_panel_and_reruns_its_recipe(qtbot, window, tmp_path, digits_copy):
+    import sqlite3
+
+    from studio.core.model import load_model
+    from studio.core.recipe import Recipe
+    from studio.core.workspace import Workspace
+
+    w = window
+    ws_path = tmp_path / "crashed.studio"
+    recipe = Recipe.loads(
+        "name: before-crash\nlayers:\n  /fc1/Gemm:\n    prune: {technique: channels, params: {ratio: 0.5}}\n"
+    )
+    ws = Workspace.create(ws_path, load_model(digits_copy))
+    jid = ws.start_job("measure", {"recipe": recipe, "label": "v7", "parent": None})
+    ws.close()
+    # What a kill -9 of the studio leaves behind: the row still "running", owned by a dead pid.
+    con = sqlite3.connect(ws_path)
+    with con:
+        con.execute("UPDATE jobs SET status='running', pid=? WHERE id=?", (_dead_pid(), jid))
+    con.close()
+
+    assert w.open_path(ws_path)
+    assert w.workspace.interrupted_jobs == [jid]
+    assert w.banner.isVisible() and "re-run them from the jobs panel" in w.banner_label.text()
+    btn = w.jobs_panel.rerun_button(jid)
+    assert btn is not None and btn.isEnabled() and btn.text() == "Re-run"
+    assert w.jobs_dock.isVisible()
+    before = len(w.session.variants)
+    with qtbot.waitSignal(w.variant_added, timeout=60_000) as sig:
+        qtbot.mouseClick(btn, Qt.MouseButton.LeftButton)
+    entry = sig.args[0]
+    assert entry.recipe == recipe and len(w.session.variants) == before + 1
+    assert not btn.isEnabled() and btn.text() == "Re-run started"
+    assert w.workspace.variant(entry.id).recipe == recipe  # stored in the workspace
+    qtbot.waitUntil(lambda: w.workspace.jobs()[-1].status == "finished")
+    old, new = w.workspace.job(jid), w.workspace.jobs()[-1]
+    assert old.status == "interrupted" and f"re-run as job {new.id}" in old.message
+    assert new.variant_id == entry.id and new.params["recipe"] == recipe

@@ -116,6 +116,11 @@ class HistoryView(QWidget):
                 if not pending:
                     break
             self.tree.expandAll()
+            # Grow the Variant column to show the longest (indented) label, up to 320 px; never
+            # shrink it under a width the user chose.
+            fit = min(max(self.tree.sizeHintForColumn(NAME) + 12, 170), 320)
+            if fit > self.tree.header().sectionSize(NAME):
+                self.tree.header().resizeSection(NAME, fit)
             if current and current in items:
                 self.tree.setCurrentItem(items[current])
         finally:

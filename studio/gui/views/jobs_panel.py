@@ -1,6 +1,9 @@
-"""Jobs dock: one row per background job with progress, ETA and a cancel button."""
+"""Jobs dock: one row per background job with progress, ETA and a cancel button; jobs a crash
+or kill interrupted (found when a workspace reopens) get a row with a Re-run button."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import (
@@ -54,6 +57,7 @@ class JobsPanel(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.tree)
         self._rows: dict[int, tuple[Job, QTreeWidgetItem, QProgressBar, QPushButton]] = {}
+        self._interrupted: dict[str, tuple[QTreeWidgetItem, QProgressBar, QPushButton]] = {}
         manager.job_added.connect(self.add_job)
         # ETA ticks even when a job reports rarely.
         self._timer = QTimer(self)
@@ -77,6 +81,55 @@ class JobsPanel(QWidget):
         self._rows[id(job)] = (job, item, bar, btn)
         job.signals.progress.connect(lambda f, m, j=job: self._update(j))
         job.signals.ended.connect(lambda j=job: self._update(j))
+
+    def add_interrupted(
+        self, key: str, title: str, message: str, rerun: Callable[[], Job | None] | None
+    ) -> QPushButton:
+        """A row for a job that never ended (its studio crashed or was killed). `rerun` starts
+        it again from its stored recipe (None: this kind of job cannot be re-run here)."""
+        item = QTreeWidgetItem([title, "", "", ""])
+        item.setToolTip(NAME, message)
+        item.setToolTip(PROGRESS, message)
+        self.tree.insertTopLevelItem(0, item)
+        bar = QProgressBar()
+        bar.setRange(0, 1000)
+        bar.setValue(0)
+        bar.setFormat("interrupted")
+        bar.setTextVisible(True)
+        btn = QPushButton("Re-run")
+        if rerun is None:
+            btn.setEnabled(False)
+            btn.setToolTip("this kind of job cannot be re-run from the window")
+        else:
+            btn.setToolTip("start the job again with the recipe it was started with")
+
+            def go() -> None:
+                job = rerun()
+                if job is not None:
+                    btn.setEnabled(False)
+                    btn.setText("Re-run started")
+                    bar.setFormat(f"interrupted · re-run as “{job.name}”")
+
+            btn.clicked.connect(go)
+        self.tree.setItemWidget(item, PROGRESS, bar)
+        self.tree.setItemWidget(item, ACTION, btn)
+        self._interrupted[key] = (item, bar, btn)
+        return btn
+
+    def rerun_button(self, key: str) -> QPushButton | None:
+        row = self._interrupted.get(key)
+        return row[2] if row else None
+
+    def clear_interrupted(self) -> None:
+        """Drop the interrupted rows (they belong to the workspace that was open)."""
+        for item, _bar, _btn in self._interrupted.values():
+            self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(item))
+        self._interrupted = {}
+
+    def selected_job(self) -> Job | None:
+        """The job of the selected row (None for none or an interrupted row)."""
+        item = self.tree.currentItem()
+        return next((job for job, it, _b, _c in self._rows.values() if it is item), None)
 
     def _update(self, job: Job) -> None:
         row = self._rows.get(id(job))
@@ -104,6 +157,7 @@ class JobsPanel(QWidget):
                 self._update(job)
 
     def clear_finished(self) -> None:
+        self.clear_interrupted()
         for key, (job, item, _bar, _btn) in list(self._rows.items()):
             if job.done.is_set():
                 self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(item))
