@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from studio.core.graph import WEIGHTED_OPS, ModelAnalysis, analyze
-from studio.core.onnx_utils import GraphIndex, get_attr, tensor_array, tensor_nbytes
+from studio.core.onnx_utils import GraphIndex, get_attr, model_nbytes, tensor_array, tensor_nbytes
 
 ROW_MATCH_TOL = 0.1  # relative distance under which a kept row "is" an original row (int8 error ~1%)
 MAX_LISTED = 64  # pruned indices listed in full up to this many
@@ -480,7 +480,7 @@ def diff_models(a: onnx.ModelProto, b: onnx.ModelProto) -> ModelDiff:
         "params": (ana.total_params, anb.total_params),
         "macs": (ana.total_macs, _total_macs(deltas, anb)),
         "weight_bytes": (ana.total_weight_bytes, anb.total_weight_bytes),
-        "model_bytes": (a.ByteSize(), b.ByteSize()),
+        "model_bytes": (model_nbytes(a), model_nbytes(b)),  # external tensors counted inline
     }
     return ModelDiff(deltas, added, removed, totals)
 

@@ -71,7 +71,12 @@ def make_session(
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(profile_dir, "ort_profile")
     if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
+        from studio.core.onnx_utils import ort_model_bytes
+
+        # Weights still in their files (as opened) stay there: ORT reads them from that folder.
+        model, folder = ort_model_bytes(model)
+        if folder:
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     elif isinstance(model, Path):
         model = str(model)
     try:

@@ -24,6 +24,7 @@ from studio.core.evaluate import Dataset, calibration_subset, evaluate, load_dat
 from studio.core.jobs import JobContext, forward
 from studio.core.metrics import Metric
 from studio.core.model import ModelHandle, load_model, load_onnx_file, save_model
+from studio.core.onnx_utils import model_nbytes
 
 # Option keys (MeasureSettings fields) and their defaults when a caller leaves one out.
 DEFAULT_OPTIONS = {
@@ -51,7 +52,11 @@ def model_spec(handle: ModelHandle) -> tuple[str, dict | None] | None:
     by hash) so fine-tuning still finds its module."""
     ts = handle.torch_source
     if ts and ts.get("path"):
-        return str(ts["path"]), {"factory": ts.get("factory"), "trust_pickle": bool(ts.get("trust_pickle"))}
+        return str(ts["path"]), {
+            "factory": ts.get("factory"),
+            "trust_pickle": bool(ts.get("trust_pickle")),
+            "input_shape": ts.get("input_shape"),
+        }
     for p in (handle.onnx_path, handle.source_path):
         if p is not None and Path(p).suffix.lower() == ".onnx" and Path(p).exists():
             return str(p), None
@@ -61,7 +66,13 @@ def model_spec(handle: ModelHandle) -> tuple[str, dict | None] | None:
 def open_model(model_path: str, factory_info: dict | None = None) -> ModelHandle:
     """The child's side of `model_spec`: load (and normalize) the model exactly as the GUI did."""
     fi = factory_info or {}
-    return load_model(Path(model_path), factory=fi.get("factory"), trust_pickle=bool(fi.get("trust_pickle")))
+    shape = tuple(fi["input_shape"]) if fi.get("input_shape") else None
+    return load_model(
+        Path(model_path),
+        factory=fi.get("factory"),
+        trust_pickle=bool(fi.get("trust_pickle")),
+        input_shape=shape,
+    )
 
 
 def synthetic_dataset(handle: ModelHandle, n: int, seed: int = 0) -> Dataset:
@@ -280,4 +291,4 @@ class FileVariant:
         return self.provenance.get("id", "")
 
     def size_bytes(self) -> int:
-        return self.proto.ByteSize()
+        return model_nbytes(self.proto)

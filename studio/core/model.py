@@ -43,8 +43,30 @@ class ModelHandle:
     def output_names(self) -> list[str]:
         return [o.name for o in self.proto.graph.output]
 
+    @property
+    def base_dir(self) -> Path | None:
+        """Folder the model's external data files are resolved against (the ONNX file's)."""
+        return Path(self.onnx_path).parent if self.onnx_path else None
+
+    def has_external_data(self) -> bool:
+        """True while some tensors still live in their files (as opened: not loaded)."""
+        from studio.core.onnx_utils import external_tensors
+
+        return bool(external_tensors(self.proto))
+
+    def materialize(self) -> onnx.ModelProto:
+        """Load external tensors into the proto (in place) for code that needs every byte in
+        memory; opening keeps them in their files so analysis reads them zero-copy."""
+        load_external_into(self.proto, str(self.base_dir) if self.base_dir else None)
+        return self.proto
+
     def serialized(self) -> bytes:
-        return self.proto.SerializeToString()
+        if not self.has_external_data():
+            return self.proto.SerializeToString()
+        p = onnx.ModelProto()
+        p.CopyFrom(self.proto)
+        load_external_into(p, str(self.base_dir) if self.base_dir else None)
+        return p.SerializeToString()
 
     def copy(self) -> ModelHandle:
         p = onnx.ModelProto()
@@ -91,7 +113,12 @@ def load_model(
             path, factory=factory, trust_pickle=trust_pickle, input_shape=input_shape
         )
         kind = "state_dict" if factory else "torch"
-        torch_source = {"path": str(path), "factory": factory, "trust_pickle": trust_pickle}
+        torch_source = {
+            "path": str(path),
+            "factory": factory,
+            "trust_pickle": trust_pickle,
+            "input_shape": list(input_shape) if input_shape else None,
+        }
     proto = load_onnx_file(onnx_path)
     handle = ModelHandle(
         proto=proto,
@@ -242,27 +269,47 @@ def check_graph_structure(proto: onnx.ModelProto) -> None:
 
 
 def _load_external_data_confined(proto: onnx.ModelProto, base: Path) -> None:
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    """Check every external tensor's file (inside the model's folder after following symlinks,
+    present, long enough) and tag it with the folder. The data stays in its file: tensor_array
+    maps it read-only, ORT sessions read it themselves, load_external_into loads it on demand."""
+    from studio.core.onnx_utils import EXTERNAL_BASE_KEY, external_info, external_tensors
 
-    base_real = base.resolve()
-    ext = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
-    for t in ext:
+    base_abs = str(base.resolve())
+    for t in external_tensors(proto):
         loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (base / loc).resolve()
-        if os.path.isabs(loc) or not str(target).startswith(str(base_real) + os.sep):
-            raise ModelLoadError(
-                f"tensor {t.name!r} points at external data {loc!r} outside the model's folder",
-                hint="external data files must sit beside the model",
-            )
-        if not target.exists():
+        # A basepath written in the file is never trusted: the folder is where the model is.
+        keep = [(e.key, e.value) for e in t.external_data if e.key != EXTERNAL_BASE_KEY]
+        del t.external_data[:]
+        for k, v in keep + [(EXTERNAL_BASE_KEY, base_abs)]:
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        target, offset, length = external_info(t)  # raises for paths outside the folder
+        if not target.is_file():
             raise ModelLoadError(
                 f"tensor {t.name!r}: external data file {loc!r} is missing", hint=f"expected in {base}"
             )
-    if ext:
-        try:
-            onnx.load_external_data_for_model(proto, str(base))
-        except Exception as e:
-            raise ModelLoadError(f"could not read external data: {e}") from e
+        size = target.stat().st_size
+        if offset + (length or 0) > size:
+            raise ModelLoadError(
+                f"tensor {t.name!r}: external data {loc!r} holds {size} bytes, the tensor needs "
+                f"bytes {offset}..{offset + (length or 0)}",
+                hint="the data file is truncated",
+            )
+
+
+def load_external_into(proto: onnx.ModelProto, base_dir: str | None = None) -> onnx.ModelProto:
+    """Read every external tensor into raw_data (in place) and return the proto. For code that
+    needs the whole model in memory (rewriting weights, serialising to one file). Holds one
+    tensor twice at a time at most (file bytes, then protobuf's own copy)."""
+    from studio.core.onnx_utils import external_tensors, read_external_bytes
+
+    for t in external_tensors(proto):
+        data = read_external_bytes(t, base_dir)
+        t.raw_data = data
+        del data
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+    return proto
 
 
 def normalize(proto: onnx.ModelProto) -> list[str]:
@@ -331,7 +378,8 @@ def infer_shapes_inplace(proto: onnx.ModelProto) -> list[str]:
     declared = {i.name for i in g.input}
     for t in g.initializer:
         # Declared size, not len(raw_data) / ByteSize(): both copy the whole tensor in upb.
-        if t.HasField("raw_data") and tensor_nbytes(t) > 4096:
+        big = t.HasField("raw_data") or t.data_location == onnx.TensorProto.EXTERNAL
+        if big and tensor_nbytes(t) > 4096:
             # A declared graph input with the same shape stands in for the weight (no data copy).
             if t.name not in declared:
                 lg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
@@ -371,6 +419,15 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data
     """Write atomically (temp file in the same folder + rename). Large models use external data."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from studio.core.onnx_utils import external_tensors
+
+    loaded_copy = bool(external_tensors(proto))
+    if loaded_copy:
+        # Opened with its data left in files: a saved model must stand alone (and no tensor may
+        # point back at the source folder), so write it from a loaded copy.
+        whole = onnx.ModelProto()
+        whole.CopyFrom(proto)
+        proto = load_external_into(whole)
     if external_data is None:
         external_data = proto.ByteSize() > MAX_PROTO_BYTES
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -380,8 +437,11 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike, *, external_data
             data_name = path.name + ".data"
             # onnx.save_model moves tensor data out of the proto it is given: save a copy so the
             # caller's model stays whole and usable.
-            to_save = onnx.ModelProto()
-            to_save.CopyFrom(proto)
+            if loaded_copy:
+                to_save = proto  # already a private copy
+            else:
+                to_save = onnx.ModelProto()
+                to_save.CopyFrom(proto)
             onnx.save_model(
                 to_save,
                 tmp,

@@ -6,8 +6,10 @@ plain ModelProto so plugins do not each re-implement them.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,15 +29,154 @@ _NP_OF = {
 }
 
 
+# Key under a tensor's external_data naming the model's folder (set by load_model). onnx knows
+# the key; ONNX Runtime does not, so `ort_model_bytes` strips it before a session sees the model.
+EXTERNAL_BASE_KEY = "basepath"
+
+
+def is_external(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def external_info(t: onnx.TensorProto, base_dir: str | None = None) -> tuple[Path, int, int | None]:
+    """(file, offset, length) of an external tensor; ModelLoadError when its file lies outside
+    the model's folder (after following symlinks) or the folder is unknown."""
+    from studio.core.errors import ModelLoadError
+
+    kv = {e.key: e.value for e in t.external_data}
+    loc = kv.get("location", "")
+    base = base_dir or kv.get(EXTERNAL_BASE_KEY)
+    if not base:
+        raise ModelLoadError(
+            f"tensor {t.name!r} keeps its data in {loc!r}, but the model's folder is unknown",
+            hint="open the model with load_model so external data can be found",
+        )
+    base_real = Path(base).resolve()
+    target = (base_real / loc).resolve()
+    if not loc or os.path.isabs(loc) or not str(target).startswith(str(base_real) + os.sep):
+        raise ModelLoadError(
+            f"tensor {t.name!r} points at external data {loc!r} outside the model's folder",
+            hint="external data files must sit beside the model",
+        )
+    try:
+        offset = int(kv.get("offset") or 0)
+        length = int(kv["length"]) if kv.get("length") else None
+    except ValueError as e:
+        raise ModelLoadError(f"tensor {t.name!r}: bad external data offset/length ({e})") from e
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelLoadError(f"tensor {t.name!r}: negative external data offset/length")
+    return target, offset, length
+
+
+def read_external_bytes(t: onnx.TensorProto, base_dir: str | None = None) -> bytes:
+    """The bytes of an external tensor (one copy); ModelLoadError when the file is short."""
+    from studio.core.errors import ModelLoadError
+
+    path, offset, length = external_info(t, base_dir)
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read() if length is None else f.read(length)
+    except OSError as e:
+        raise ModelLoadError(f"tensor {t.name!r}: cannot read external data {path.name!r}: {e}") from e
+    if length is not None and len(data) != length:
+        raise ModelLoadError(
+            f"tensor {t.name!r}: external data {path.name!r} holds {len(data)} of {length} bytes",
+            hint="the data file is truncated",
+        )
+    return data
+
+
 def tensor_array(t: onnx.TensorProto, base_dir: str | None = None) -> np.ndarray:
-    """Array view of an initializer; avoids the copy numpy_helper makes for raw float data."""
+    """Read-only array view of an initializer; avoids the copy numpy_helper makes for raw data.
+    External tensors are memory-mapped from their file (zero-copy: pages load as they are read,
+    into the page cache, so a 1 GB weight costs about 1 GB of RSS only while being touched)."""
     if t.HasField("raw_data") and t.data_type in _NP_OF and sys.byteorder == "little":
         if t.data_type == onnx.TensorProto.BOOL:
             return numpy_helper.to_array(t)
         return np.frombuffer(t.raw_data, dtype=_NP_OF[t.data_type]).reshape(tuple(t.dims))
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        return numpy_helper.to_array(t, base_dir or "")
+    if is_external(t):
+        if t.data_type in _NP_OF and sys.byteorder == "little":
+            return _mapped_array(t, base_dir)
+        c = onnx.TensorProto()  # other dtypes (bfloat16, int4, strings): decode a loaded copy
+        c.CopyFrom(t)
+        c.raw_data = read_external_bytes(t, base_dir)
+        c.data_location = onnx.TensorProto.DEFAULT
+        del c.external_data[:]
+        return numpy_helper.to_array(c)
     return numpy_helper.to_array(t)
+
+
+def _mapped_array(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
+    from studio.core.errors import ModelLoadError
+
+    path, offset, length = external_info(t, base_dir)
+    dt = np.dtype(_NP_OF[t.data_type])
+    shape = tuple(int(d) for d in t.dims)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if length is not None and length != nbytes:
+        raise ModelLoadError(
+            f"tensor {t.name!r} declares shape {list(shape)} ({nbytes} bytes) but its external "
+            f"data holds {length} bytes"
+        )
+    if nbytes == 0:
+        return np.empty(shape, dt)
+    try:
+        if path.stat().st_size < offset + nbytes:
+            raise ModelLoadError(
+                f"tensor {t.name!r}: external data {path.name!r} is shorter than offset + length",
+                hint="the data file is truncated",
+            )
+        mm = np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape)
+    except OSError as e:
+        raise ModelLoadError(f"tensor {t.name!r}: cannot map external data {path.name!r}: {e}") from e
+    return mm.view(np.ndarray)  # plain ndarray (the map stays alive as its base), not writeable
+
+
+def external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor (initializers, attributes, subgraphs) whose data lives in a file."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [t for t in _get_all_tensors(proto) if is_external(t)]
+
+
+def model_nbytes(proto: onnx.ModelProto) -> int:
+    """Serialized size of a model with its external tensors counted as if inline (their data
+    length; a few bytes of field overhead apart), without reading them. `ByteSize()` alone
+    counts an external tensor as its file reference only."""
+    return proto.ByteSize() + sum(tensor_nbytes(t) for t in external_tensors(proto))
+
+
+def _has_base_key(t: onnx.TensorProto) -> bool:
+    return any(e.key == EXTERNAL_BASE_KEY for e in t.external_data)
+
+
+def ort_model_bytes(proto: onnx.ModelProto) -> tuple[bytes, str | None]:
+    """Serialized model for ONNX Runtime plus the folder its external data lives in (None when
+    it has none). External tensors stay external: ORT reads them itself, so no in-memory copy of
+    the weights is made here. Strips our folder key, which ORT rejects."""
+    if not any(_has_base_key(t) for t in external_tensors(proto)):
+        return proto.SerializeToString(), None
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)  # cheap: external tensors hold no data
+    folder = None
+    for t in external_tensors(m):
+        if not _has_base_key(t):
+            continue  # not opened by load_model: left as it is, for ORT to judge
+        external_info(t)  # the confinement check again, before ORT reads anything
+        kv = [(e.key, e.value) for e in t.external_data if e.key != EXTERNAL_BASE_KEY]
+        base = next(e.value for e in t.external_data if e.key == EXTERNAL_BASE_KEY)
+        folder = folder or base
+        if base != folder:  # data from a second folder (rare): embed it, ORT takes one folder
+            t.raw_data = read_external_bytes(t)
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+            continue
+        del t.external_data[:]
+        for k, v in kv:
+            e = t.external_data.add()
+            e.key, e.value = k, v
+    return m.SerializeToString(), folder
 
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:

@@ -18,7 +18,7 @@ from studio.core.errors import JobCancelled, RecipeError, StudioError, Technique
 from studio.core.graph import LayerInfo, ModelAnalysis, analyze
 from studio.core.jobs import JobContext, Progress
 from studio.core.metrics import Metric
-from studio.core.model import ModelHandle, infer_shapes_inplace
+from studio.core.model import ModelHandle, infer_shapes_inplace, load_external_into
 from studio.core.recipe import Recipe
 from studio.plugin_api.registry import Registry, default_registry
 from studio.plugin_api.technique import ApplyContext, LayerEstimate, Stage
@@ -204,6 +204,9 @@ def compress(
     t0 = time.time()
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
+    # Techniques rewrite weights in the proto: the variant holds all its data in memory.
+    base_dir = getattr(model, "base_dir", None)
+    load_external_into(proto, str(base_dir) if base_dir else None)
     analysis = analyze(proto, with_stats=False)
     plan = resolve_plan(analysis, recipe, registry)
     warnings = [f"{la}: skipped {r}" for la, rs in plan.skipped.items() for r in rs]

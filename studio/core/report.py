@@ -325,7 +325,9 @@ def _fallback_size(v) -> float | None:
     if hasattr(v, "size_on_disk"):
         return v.size_on_disk()
     if hasattr(v, "proto"):
-        return float(v.proto.ByteSize())
+        from studio.core.onnx_utils import model_nbytes
+
+        return float(model_nbytes(v.proto))
     return None
 
 

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.errors import StudioError
-from studio.core.measure_job import FileVariant
+from studio.core.measure_job import FileVariant, model_spec
 from studio.core.metrics import GLYPH
 from studio.core.model import TORCH_SUFFIXES
 from studio.core.recipe import Recipe
@@ -62,7 +62,6 @@ from studio.gui.state import (
     bench_model,
     candidate_entry,
     measure_original_job,
-    model_spec_of,
     prepare_model,
     subprocess_apply_job,
     subprocess_measure_job,
@@ -907,7 +906,7 @@ class MainWindow(QMainWindow):
         s = self.session
         if s.handle is None:
             return None
-        spec = model_spec_of(s.handle)
+        spec = model_spec(s.handle)
         if spec is not None:  # evaluated + benchmarked in a child process (see state.py)
             paths = self._data_paths_or_error()
             if paths is None:
@@ -948,7 +947,7 @@ class MainWindow(QMainWindow):
         except StudioError as e:
             show_error(self, "The recipe cannot be applied", e.message, hint=e.hint or "")
             return None
-        spec = model_spec_of(s.handle)
+        spec = model_spec(s.handle)
         if spec is not None:  # the whole job runs in a child process (see state.py)
             paths = self._data_paths_or_error()
             if paths is None:
@@ -1090,7 +1089,7 @@ class MainWindow(QMainWindow):
         e = self._selected_entry()
         if e is None or e.onnx_path is None:
             return self.measure_original() if e is not None and e.is_original else None
-        spec = model_spec_of(self.session.handle)
+        spec = model_spec(self.session.handle)
         if spec is not None:  # in a child process: ORT session creation holds the GIL
             paths = self._data_paths_or_error()
             if paths is None:

@@ -380,21 +380,7 @@ def prepare_model(
     PyTorch state_dict (`package.module:function`), `trust_pickle` allows a pickled nn.Module,
     `input_shape` is the example input of the ONNX export."""
     handle = load_model(Path(path), factory=factory, trust_pickle=trust_pickle, input_shape=input_shape)
-    if input_shape is not None and handle.torch_source is not None:
-        # Remembered so jobs in a child process know this export needs it (see model_spec_of).
-        handle.torch_source = {**handle.torch_source, "input_shape": list(input_shape)}
     return session.prepare(handle)
-
-
-def model_spec_of(handle: ModelHandle) -> tuple[str, dict | None] | None:
-    """`measure_job.model_spec`, except that a PyTorch model exported with an explicit input shape
-    reopens from its cached ONNX export: the child's loader is not given the shape."""
-    from studio.core.measure_job import model_spec
-
-    ts = handle.torch_source or {}
-    if ts.get("input_shape") and handle.onnx_path is not None and Path(handle.onnx_path).exists():
-        return str(handle.onnx_path), None
-    return model_spec(handle)
 
 
 class Session:

@@ -133,11 +133,11 @@ def test_torchscript_asks_for_input_shape_when_the_export_needs_it(window, tmp_p
     assert seen == [("shape", None, "")] and not error_dialogs
     assert len(_layers(window)) == 5 and "/fc1/Gemm" in _layers(window)  # (traced names differ)
     assert window.session.handle.torch_source["input_shape"] == [1, 1, 8, 8]
-    # Jobs in a child process reopen the cached export (the child's loader has no shape).
-    from studio.gui.state import model_spec_of
+    # Jobs in a child process reopen the source with the same shape.
+    from studio.core.measure_job import model_spec
 
-    path, factory = model_spec_of(window.session.handle)
-    assert path.endswith(".onnx") and factory is None
+    path, info = model_spec(window.session.handle)
+    assert path == str(ts) and info["input_shape"] == [1, 1, 8, 8]
 
 
 def test_studio_gui_command_line_factory_opens_without_asking(qtbot, window, dialogs):
