@@ -148,14 +148,34 @@ class TradeoffPlot(QWidget):
             self.front.setData(xs[idx], ys[idx])
         else:
             self.front.setData([], [])
+        self._sync_legend()
         self._update_labels()
         self._update_plan_line()
         self.empty_text.setVisible(len(pts) <= 1)
+        pi = self.plot.getPlotItem()
+        pi.enableAutoRange()
         if pts:
-            x0 = float(np.mean([p[1] for p in pts]))
-            y0 = float(np.mean([p[2] for p in pts]))
-            self.empty_text.setPos(x0, y0)
-        self.plot.getPlotItem().enableAutoRange()
+            xs = np.array([p[1] for p in pts])
+            ys = np.array([p[2] for p in pts])
+            pad_y = max(0.01, 0.1 * float(ys.max() - ys.min()))
+            if np.ptp(xs) < 1e-9 * max(abs(xs.max()), 1.0) or np.ptp(ys) < 1e-6:
+                # A single point (or a flat line) makes autorange zoom into rounding noise.
+                pi.setXRange(0.0, float(xs.max()) * 1.6 or 1.0, padding=0)
+                pi.setYRange(float(ys.min()) - pad_y, float(ys.max()) + pad_y, padding=0)
+            # The hint sits left of and below the original so it covers neither it nor the legend.
+            self.empty_text.setPos(float(xs.max()) * 0.45, float(ys.min()) - pad_y * 0.45)
+
+    def _sync_legend(self) -> None:
+        """List only the kinds of points that are on the plot (a short legend covers less)."""
+        for item in (self.front, self.measured, self.estimated, self.candidate, self.original):
+            name = item.opts.get("name")
+            xs = item.getData()[0]
+            has = xs is not None and len(xs) > 0
+            listed = any(sample.item is item for sample, _ in self.legend.items)
+            if has and not listed:
+                self.legend.addItem(item, name)
+            elif not has and listed:
+                self.legend.removeItem(item)
 
     def _update_plan_line(self) -> None:
         on = self.x_axis.currentData() == "size" and self.plan_estimate_bytes is not None
