@@ -25,6 +25,7 @@ from pydantic import Field
 
 from studio.core.errors import TechniqueError
 from studio.core.graph import LayerInfo
+from studio.core.onnx_utils import get_attr
 from studio.plugin_api.technique import (
     YES,
     ApplyContext,
@@ -154,6 +155,10 @@ class Int8Dynamic(BaseTechnique):
     )
 
     def applies_to(self, layer: LayerInfo) -> Support:
+        if layer.op_type == "Gather":
+            if len(layer.weight_shape) != 2:
+                return no(f"table has shape {layer.weight_shape}; int8 Gather needs a 2-D embedding table")
+            return _float_weight(layer)
         if layer.op_type in ("Conv", "ConvTranspose"):
             return no(
                 "dynamic int8 Conv (ConvInteger) runs slower than float32 Conv on ONNX Runtime's "
@@ -172,6 +177,10 @@ class Int8Dynamic(BaseTechnique):
 
     def estimate(self, layer: LayerInfo, params: Params, before: LayerEstimate) -> LayerEstimate:
         w, b, frac = _scaled(layer, before)
+        if layer.op_type == "Gather":
+            rows = layer.weight_shape[0] if params.per_channel else 1
+            notes = ["int8 table, one float scale per row (DequantizeLinear, folded by ORT at load)"]
+            return LayerEstimate(before.params, before.macs, int(w + rows * SCALE_BYTES), notes=notes)
         ch = max(int(_out_channels(layer) * min(frac, 1.0)), 1) if params.per_channel else 1
         nbytes = w + b * 4 + ch * (SCALE_BYTES + 1)
         notes = ["int8 weights; activations quantized per call (DynamicQuantizeLinear)"]
@@ -181,10 +190,24 @@ class Int8Dynamic(BaseTechnique):
             notes.append("reduce_range: 7-bit weights (x86 CPU without VNNI)")
         return LayerEstimate(before.params, before.macs, int(nbytes), notes=notes)
 
+    def simulate_weight(self, layer: LayerInfo, weight: np.ndarray, params: Params, seed: int = 0):
+        """Gather tables only (the sweep's fast path): the float rows `apply` rebuilds, exactly.
+        None for MatMul / Gemm, whose activations are quantized at run time too."""
+        if layer.op_type != "Gather" or weight.ndim != 2 or weight.dtype != np.float32:
+            return None
+        q, scale = _int8_rows(weight, params.per_channel)
+        return q.astype(np.float32) * (scale[:, None] if params.per_channel else scale)
+
     def apply(self, model: onnx.ModelProto, plan: dict[str, Params], ctx: ApplyContext) -> onnx.ModelProto:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         model = _copy(model)
+        gathers = {n: p for n, p in plan.items() if _node_op(model, n) == "Gather"}
+        if gathers:
+            _int8_gathers(model, gathers, ctx)
+            plan = {n: p for n, p in plan.items() if n not in gathers}
+            if not plan:
+                return model
         ob.gemm_to_matmul(model, plan)
         groups = _grouped(plan, ("per_channel", "reduce_range", "weight_type"))
         untouched: list[str] = []
@@ -210,6 +233,92 @@ class Int8Dynamic(BaseTechnique):
         _warn_unquantized(ctx, self.name, untouched, "its MatMul has no constant weight input B")
         ctx.progress(1.0, "int8 dynamic done")
         return ob.finish(model)
+
+
+def _node_op(model: onnx.ModelProto, name: str) -> str | None:
+    return next((n.op_type for n in model.graph.node if n.name == name), None)
+
+
+def _int8_rows(w: np.ndarray, per_row: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of a [rows, dim] table: (int8 table, float32 scale per row or scalar)."""
+    amax = np.abs(w).max(axis=1) if per_row else np.array(np.abs(w).max())
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / (scale[:, None] if per_row else scale)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _int8_gathers(model: onnx.ModelProto, plan: dict[str, Params], ctx: ApplyContext) -> None:
+    """Embedding tables to symmetric int8 with one scale per row (per tensor without
+    per_channel). The Gather `X` then reads int8 rows, `X/gather_scale` their scales, and
+    `X/cast` + `X/dequantize` (Mul) rebuild float32 for the gathered rows only: ORT does not
+    constant-fold DequantizeLinear, so dequantizing the whole table would run on every call.
+    ORT's own Gather quantization is per tensor, which costs accuracy on outlier rows."""
+    from onnx import helper, numpy_helper
+
+    from studio.core.onnx_utils import GraphIndex, remove_unused_initializers, tensor_array, unique_name
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        _warn_unquantized(
+            ctx, "int8_dynamic", list(plan), f"needs opset 13 (Unsqueeze axes input), model has {opset}"
+        )
+        return
+    idx = GraphIndex(model)
+    names = {x for n in model.graph.node for x in list(n.input) + list(n.output)} | set(idx.inits)
+    tables: dict[str, tuple[str, str]] = {}
+    after: dict[str, list[onnx.NodeProto]] = {}
+    for lname, p in plan.items():
+        node = idx.nodes.get(lname)
+        w_name = node.input[0] if node is not None else ""
+        if node is None or w_name not in idx.inits or idx.inits[w_name].data_type != onnx.TensorProto.FLOAT:
+            _warn_unquantized(ctx, "int8_dynamic", [lname], "its table is not a stored float32 initializer")
+            continue
+        if get_attr(node, "axis", 0) != 0:
+            _warn_unquantized(ctx, "int8_dynamic", [lname], "it gathers along an axis other than 0")
+            continue
+        if w_name not in tables:
+            q, scale = _int8_rows(tensor_array(idx.inits[w_name]).astype(np.float32), p.per_channel)
+            q_name = unique_name(names, f"{w_name}_quantized")
+            names.add(q_name)
+            s_name = unique_name(names, f"{w_name}_scale")
+            names.add(s_name)
+            model.graph.initializer.extend(
+                [numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)]
+            )
+            tables[w_name] = (q_name, s_name)
+        q_name, s_name = tables[w_name]
+        out = node.output[0]
+        rows = unique_name(names, f"{lname}/int8_output_0")
+        names.add(rows)
+        node.input[0] = q_name
+        node.output[0] = rows
+        cast_out = unique_name(names, f"{lname}/cast_output_0")
+        names.add(cast_out)
+        new = [helper.make_node("Cast", [rows], [cast_out], name=f"{lname}/cast", to=onnx.TensorProto.FLOAT)]
+        scale_in = s_name
+        if p.per_channel:
+            g_out = unique_name(names, f"{lname}/gather_scale_output_0")
+            u_out = unique_name(names, f"{lname}/scale_unsqueeze_output_0")
+            ax = unique_name(names, f"{lname}/scale_unsqueeze_axes")
+            names |= {g_out, u_out, ax}
+            model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), ax))
+            new += [
+                helper.make_node(
+                    "Gather", [s_name, node.input[1]], [g_out], name=f"{lname}/gather_scale", axis=0
+                ),
+                helper.make_node("Unsqueeze", [g_out, ax], [u_out], name=f"{lname}/scale_unsqueeze"),
+            ]
+            scale_in = u_out
+        new.append(helper.make_node("Mul", [cast_out, scale_in], [out], name=f"{lname}/dequantize"))
+        after[lname] = new
+    if after:
+        nodes = []
+        for n in model.graph.node:
+            nodes.append(n)
+            nodes.extend(after.get(n.name, []))
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        remove_unused_initializers(model)
 
 
 # ---------------------------------------------------------------------- int8 static

@@ -102,6 +102,15 @@ class KMeansSharing(BaseTechnique):
             notes=notes,
         )
 
+    def simulate_weight(self, layer, weight: np.ndarray, params, seed: int = 0) -> np.ndarray:
+        """The float weight `apply` makes this layer compute with (codebook[indices]); the sweep
+        feeds it to a cached suffix session instead of rebuilding the model. Exact: same k-means."""
+        n = int(weight.size)
+        if weight.dtype.itemsize not in (2, 4, 8) or not _saves_bytes(n, params, weight.dtype.itemsize):
+            return weight  # apply() skips such a layer
+        codebook, indices = kmeans_codebook(weight, params.bits, seed=seed)
+        return codebook.astype(weight.dtype)[indices]
+
     def apply(self, model, plan, ctx):
         if any(p.pack_uint4 for p in plan.values()):
             model = _ensure_uint4_opset(model, ctx)

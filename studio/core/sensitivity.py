@@ -8,6 +8,10 @@ model and evaluate it fully once per (layer, setting)"):
 * suffix evaluation: a change to layer L can only affect what runs after it, so each measurement
   applies the change to the *suffix* graph (from L's live inputs to the model outputs) and runs it
   on the cached inputs: the prefix is never recomputed;
+* weight-fed cells: a setting whose technique offers `simulate_weight` (k-means, int8 Gather
+  tables) only changes the layer's weight; it is computed numerically (exactly what the
+  technique stores) and fed to one cached suffix session per layer that reads the weight as an
+  input, so no model is rebuilt and no session is created per setting;
 * early stops: settings of one family run from mild to strong (channels 0.25 → 0.75) and the rest
   of a family is skipped once a setting loses more than `hopeless_drop`; every measurement first
   runs on a quarter of the samples and stops there when the drop is already far over it.
@@ -179,7 +183,11 @@ def applicable(layer, setting: Setting, registry=None) -> str | None:
         return sup.reason
     if setting.technique == "int8_static" and _is_sequence(layer):
         return "int8_dynamic is measured for transformer MatMuls (static int8 saturates there)"
-    if setting.technique == "int8_dynamic" and not _is_sequence(layer) and layer.op_type != "MatMul":
+    if (
+        setting.technique == "int8_dynamic"
+        and not _is_sequence(layer)
+        and layer.op_type not in ("MatMul", "Gather")
+    ):
         return "int8_static is measured for Conv / Gemm layers"
     if setting.technique == "svd" and setting.params:
         k, n = layer.weight_shape[0], layer.weight_shape[-1]
@@ -498,7 +506,7 @@ def measure_layer(spec: dict) -> dict:
     proxy, hopeless = spec["proxy"], spec["hopeless_drop"]
     macs, threads = spec["suffix_macs"], spec.get("threads", 0)
     cost = 0.0
-    calib_passes = 0
+    calib_passes = weight_fed = 0
     row: dict[str, Any] = {
         "drops": {},
         "samples": {},
@@ -524,6 +532,7 @@ def measure_layer(spec: dict) -> dict:
             seen.add(i)
             s = fam[i]
             res = _measure_setting(s, layer, handle, feed, n, quick_n, spec, ref, labels, mask, threads)
+            weight_fed += res.pop("weight_fed", 0)
             cost += macs * res.pop("forward_samples", 0)
             calib_passes += res.pop("calib_passes", 0)
             if "skipped" in res:
@@ -548,6 +557,8 @@ def measure_layer(spec: dict) -> dict:
                 queue += [i + 1, i - 1]
     row["cost_macs"] = cost
     row["calib_passes"] = calib_passes
+    row["weight_fed"] = weight_fed
+    spec.pop("_fast", None)
     return row
 
 
@@ -562,25 +573,38 @@ def _measure_setting(s, layer, handle, feed, n, quick_n, spec, ref, labels, mask
 
     t0 = time.perf_counter()
     out: dict[str, Any] = {"forward_samples": 0, "calib_passes": 0}
-    try:
-        variant = drive(compress(handle, Recipe(layers={layer: s.plan()}), calibration=feed, check=False))
-    except StudioError as e:
-        return {**out, "skipped": f"not applicable: {e.message}"[:300]}
-    except Exception as e:  # noqa: BLE001 - a technique bug is a cell note, not a dead sweep
-        return {**out, "skipped": f"failed: {type(e).__name__}: {e}"[:300]}
-    if s.technique in _CALIBRATING or (s.technique == "channels" and dict(s.params).get("refit", True)):
-        out["forward_samples"] += min(n, 256)  # calibration / refit passes run the suffix once
-        out["calib_passes"] = 1
-    try:
-        sess = make_session(variant.proto, threads=threads)
-    except Exception as e:  # noqa: BLE001
-        return {**out, "skipped": f"failed: ORT cannot load the result: {str(e)[:200]}"}
-    names = [o.name for o in sess.get_outputs()]
-    order = [names.index(o) for o in spec["outputs"] if o in names]
+    cache = spec.setdefault("_fast", {})
+    weight = _simulated_weight(s, spec, handle.proto, cache)
+    fed = _weight_fed_session(handle.proto, layer, spec, threads, cache) if weight is not None else None
+    if fed is not None:
+        # Fast path: the change is exactly "this weight takes these values"; the cached suffix
+        # session reads the weight as an input (no model rebuild, no session per setting).
+        sess, w_input, order = fed
+        out["weight_fed"] = 1
 
-    def run(a, b):
-        res = sess.run(None, {x: v[a:b] for x, v in feed.items()})
-        return [res[i] for i in order]
+        def run(a, b):
+            res = sess.run(None, {**{x: v[a:b] for x, v in feed.items()}, w_input: weight})
+            return [res[i] for i in order]
+    else:
+        try:
+            variant = drive(compress(handle, Recipe(layers={layer: s.plan()}), calibration=feed, check=False))
+        except StudioError as e:
+            return {**out, "skipped": f"not applicable: {e.message}"[:300]}
+        except Exception as e:  # noqa: BLE001 - a technique bug is a cell note, not a dead sweep
+            return {**out, "skipped": f"failed: {type(e).__name__}: {e}"[:300]}
+        if s.technique in _CALIBRATING or (s.technique == "channels" and dict(s.params).get("refit", True)):
+            out["forward_samples"] += min(n, 256)  # calibration / refit passes run the suffix once
+            out["calib_passes"] = 1
+        try:
+            sess = make_session(variant.proto, threads=threads)
+        except Exception as e:  # noqa: BLE001
+            return {**out, "skipped": f"failed: ORT cannot load the result: {str(e)[:200]}"}
+        names = [o.name for o in sess.get_outputs()]
+        order = [names.index(o) for o in spec["outputs"] if o in names]
+
+        def run(a, b):
+            res = sess.run(None, {x: v[a:b] for x, v in feed.items()})
+            return [res[i] for i in order]
 
     part = run(0, quick_n)
     out["forward_samples"] += quick_n
@@ -604,6 +628,68 @@ def _measure_setting(s, layer, handle, feed, n, quick_n, spec, ref, labels, mask
         used = n
     return {**out, "drops": d[0], "cosine_drop": d[1], "samples": used,
             "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
+def _simulated_weight(s: Setting, spec: dict, proto: onnx.ModelProto, cache: dict) -> np.ndarray | None:
+    """The weight the technique would give the layer, when it offers `simulate_weight` (an
+    optional technique hook: exact single-initializer changes such as k-means); else None."""
+    from studio.core.onnx_utils import tensor_array
+    from studio.plugin_api.registry import default_registry
+
+    la = spec.get("layer_info")
+    if la is None or not la.weight_name or not spec.get("weight_fed", True):
+        return None
+    try:
+        tech = default_registry().get(s.technique)
+    except StudioError:
+        return None
+    hook = getattr(tech, "simulate_weight", None)
+    if hook is None:
+        return None
+    if "weight" not in cache:
+        init = next((t for t in proto.graph.initializer if t.name == la.weight_name), None)
+        cache["weight"] = None if init is None else tensor_array(init)
+    if cache["weight"] is None:
+        return None
+    try:
+        w = hook(la, cache["weight"], tech.parse_params(dict(s.params)), seed=0)
+    except Exception:  # noqa: BLE001 - the full technique path measures it instead
+        return None
+    if w is None or w.shape != cache["weight"].shape:
+        return None
+    return np.ascontiguousarray(w, dtype=cache["weight"].dtype)
+
+
+def _weight_fed_session(proto: onnx.ModelProto, layer: str, spec: dict, threads: int, cache: dict):
+    """(session, weight input name, output order) of the suffix with the layer's weight read from
+    a graph input by that layer only (tied weights keep their other readers); built once a layer."""
+    if "session" in cache:
+        return cache["session"]
+    from onnx import helper
+
+    from studio.core.onnx_utils import remove_unused_initializers
+
+    cache["session"] = None
+    w_name = spec["layer_info"].weight_name
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    node = next((n for n in m.graph.node if n.name == layer), None)
+    init = next((t for t in m.graph.initializer if t.name == w_name), None)
+    if node is None or init is None or w_name not in node.input:
+        return None
+    w_input = f"{w_name}/sweep_weight"
+    for j, x in enumerate(node.input):
+        if x == w_name:
+            node.input[j] = w_input
+    m.graph.input.append(helper.make_tensor_value_info(w_input, init.data_type, list(init.dims)))
+    remove_unused_initializers(m)
+    try:
+        sess = make_session(m, threads=threads)
+    except Exception:  # noqa: BLE001 - fall back to the full technique path
+        return None
+    names = [o.name for o in sess.get_outputs()]
+    cache["session"] = (sess, w_input, [names.index(o) for o in spec["outputs"] if o in names])
+    return cache["session"]
 
 
 def _run(model, feed, threads) -> list[np.ndarray]:
@@ -734,7 +820,7 @@ def sweep(
             "labels": calib.labels, "mask": mask, "metric": metric, "proxy": proxy,
             "hopeless_drop": hopeless_drop, "quick_fraction": quick_fraction,
             "settings": [s.to_dict() for s in sorted(mine, key=lambda s: (s.family, s.level))],
-            "suffix_macs": suffix_macs, "threads": 1 if pool.kind != "inline" else 0,
+            "suffix_macs": suffix_macs, "threads": 1 if pool.kind != "inline" else 0, "layer_info": la,
         }  # fmt: skip
         tasks.append((spec,))
         task_layers.append(name)
@@ -753,7 +839,7 @@ def sweep(
         table.drops[name], table.samples[name], table.cosine_drop[name] = {}, {}, {}
         table.inferred[name] = {}
     spent = total_macs * (n + 5)  # the caching pass (+ the 2- and 3-sample probes)
-    evaluated = early = calib_passes = inferred = failed = 0
+    evaluated = early = calib_passes = inferred = failed = weight_fed = 0
     sent = sum(len(sp[0]["settings"]) for sp in tasks)
     try:
         for done, (i, row) in enumerate(pool.imap_unordered(measure_layer, tasks, ctx), start=1):
@@ -771,6 +857,7 @@ def sweep(
                 failed += sum(1 for v in row["skipped"].values() if not v.startswith("early"))
                 spent += row["cost_macs"]
                 calib_passes += row["calib_passes"]
+                weight_fed += row.get("weight_fed", 0)
                 evaluated += len(row["drops"])
                 early += sum(1 for k, v in row["samples"].items() if v < n)
             yield Progress(
@@ -807,10 +894,12 @@ def sweep(
             "skipped_early": sum(
                 1 for r in table.skipped.values() for v in r.values() if v.startswith("early")
             ),
+            "weight_fed": weight_fed,
             "wall_s": round(wall, 2),
             "full_forward_s": round(t_full, 4),
             "note": "naive = one full-model evaluation on every sample per (layer, setting) pair; actual "
-            "= caching pass + suffix graphs (+ calibration passes of static int8 / refit)",
+            "= caching pass + suffix graphs (+ calibration passes of static int8 / refit); weight_fed = cells "
+            "run on the cached weight-fed suffix session",
             "pool": pool.describe(),
         }
     return table

@@ -149,8 +149,10 @@ def test_sweep_on_local_ray(digits):
 @pytest.mark.reliability
 @pytest.mark.nlp
 def test_minilm_latency_and_ort_size(minilm_paths):
-    """MiniLM: ≥1.3× faster (interleaved, batch 8), cosine ≥ 0.99 and no larger than ORT's
-    quantize_dynamic defaults, all measured in one run."""
+    """MiniLM: ≥1.3× faster (interleaved, batch 8), cosine ≥ 0.99 (calibration and held-out) and
+    no larger than ORT's quantize_dynamic defaults, all measured in one run. Needs the
+    Lagrangian allocation (int8 on robust layers, same-size k-means 8-bit on sensitive ones,
+    4-bit on a few attention layers to pay for per-channel / per-row scales)."""
     from studio.core.evaluate import load_npz as ld
 
     onnx_path, npz = minilm_paths
@@ -178,3 +180,4 @@ def test_minilm_latency_and_ort_size(minilm_paths):
     assert b.value("size_bytes") <= r.limits["size<=ort-int8"]
     assert b.value("latency_ratio") <= 1 / 1.3
     assert 1 - b.loss >= 0.99
+    assert b.value("heldout_cosine") >= 0.99  # per real token (attention mask), held-out sentences
