@@ -22,6 +22,7 @@ import numpy as np
 from studio.core.evaluate import Dataset, load_npz, make_session
 from studio.core.jobs import drive
 from studio.core.model import load_model
+from studio.core.onnx_utils import model_nbytes
 from studio.core.pipeline import compress
 from studio.core.recipe import Recipe
 from studio.core.search import auto_compress, ort_int8_defaults, parse_target
@@ -38,7 +39,7 @@ def measure(proto, handle, calib: Dataset, held: Dataset, metric: str, lat_batch
     out_c = s.run(None, calib.inputs)[0]
     mask_c = calib.inputs.get("attention_mask")
     row = {
-        "size_bytes": proto.ByteSize(),
+        "size_bytes": model_nbytes(proto),
         "calib_drop": metric_drop(metric, ref_c, out_c, calib.labels, mask_c),
     }
     ref_h = make_session(handle.proto).run(None, held.inputs)[0]

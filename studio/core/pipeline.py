@@ -19,6 +19,7 @@ from studio.core.graph import LayerInfo, ModelAnalysis, analyze
 from studio.core.jobs import JobContext, Progress
 from studio.core.metrics import Metric
 from studio.core.model import ModelHandle, infer_shapes_inplace, load_external_into
+from studio.core.onnx_utils import model_nbytes
 from studio.core.recipe import Recipe
 from studio.plugin_api.registry import Registry, default_registry
 from studio.plugin_api.technique import ApplyContext, LayerEstimate, Stage
@@ -40,7 +41,7 @@ class Variant:
         return self.provenance.get("id", "")
 
     def size_bytes(self) -> int:
-        return self.proto.ByteSize()
+        return model_nbytes(self.proto)  # external tensors counted inline
 
 
 # ---------------------------------------------------------------------- validation / estimate

@@ -549,21 +549,6 @@ def _metric_value(m: Metric) -> str:
     return v + (f" {html.escape(m.unit)}" if m.unit and m.unit != "B" else "")
 
 
-def _metrics_table(ms: list[Metric]) -> str:
-    e = html.escape
-    if not ms:
-        return "<p>No measurements were taken.</p>"
-    rows = "".join(
-        f"<tr><td>{e(m.name)}</td><td class=num>{_metric_value(m)}</td><td>{_kind(m.kind)}</td>"
-        f"<td class=num>{m.n_samples if m.n_samples is not None else '—'}</td><td><code>{e(m.source)}</code></td></tr>"
-        for m in ms
-    )
-    return (
-        "<table><tr><th>metric</th><th>value</th><th>kind</th><th>samples</th><th>data source</th></tr>"
-        f"{rows}</table>"
-    )
-
-
 METRIC_ORDER = ("size_bytes", "top1", "top5", "top1_agreement", "cosine_mean", "cosine_min", "sqnr_db")
 
 

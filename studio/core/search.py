@@ -36,6 +36,7 @@ from studio.core.graph import analyze
 from studio.core.jobs import JobContext, Progress
 from studio.core.metrics import Metric
 from studio.core.model import ModelHandle
+from studio.core.onnx_utils import model_nbytes
 from studio.core.recipe import Calibration, LayerPlan, Recipe
 from studio.core.sensitivity import (
     SensitivityTable,
@@ -272,7 +273,7 @@ class CostModel:
         self.reg = registry or default_registry()
         self.analysis = analyze(handle.proto, with_stats=False)
         self.layers = self.analysis.by_name()
-        self.size0 = handle.proto.ByteSize()
+        self.size0 = model_nbytes(handle.proto)  # external tensors counted inline
         names = set(self.layers)
         self.consumers = {n: downstream_layers(handle.proto, n, names) for n in table.layers if n in names}
         total = max(sum(la.macs for la in self.analysis.layers), 1)
@@ -381,7 +382,7 @@ def evaluate_candidate(spec: dict) -> dict:
     proto = variant.proto
     threads = spec.get("threads", 0)
     sess = make_session(proto, threads=threads)
-    out = {"size_bytes": int(proto.ByteSize()), "warnings": variant.warnings}
+    out = {"size_bytes": int(model_nbytes(proto)), "warnings": variant.warnings}
     res = sess.run(None, calib["inputs"])[0]
     out["calib_drop"] = metric_drop(spec["metric"], calib["ref"], res, calib.get("labels"), calib.get("mask"))
     out["calib_cosine_drop"] = 1.0 - cosine_mean(calib["ref"], res, calib.get("mask"))
@@ -445,8 +446,8 @@ def auto_compress(
     if not targets:
         raise StudioError("no target given", hint="e.g. --target size=10x")
     if isinstance(handle, ModelHandle) and handle.has_external_data():
-        # Workers get the model as one file and sizes are ByteSize(): load the weights (a copy,
-        # the caller's handle stays mapped).
+        # Workers get the model as one file: load the weights (a copy, the caller's handle stays
+        # mapped).
         handle = handle.copy()
         handle.materialize()
     pool = pool or TaskPool()
@@ -457,12 +458,12 @@ def auto_compress(
         )
     cm = CostModel(handle, table)
     options = layer_options(table, cm)
-    size0 = handle.proto.ByteSize()
+    size0 = model_nbytes(handle.proto)
     macs0 = float(sum(la.macs for la in cm.analysis.layers))
     refs: dict[str, float] = {}
     if any(t.ref == "ort-int8" for t in targets):
         yield Progress(0.41, "measuring ORT quantize_dynamic defaults for size<=ort-int8")
-        refs["ort-int8"] = float(ort_int8_defaults(handle.proto).ByteSize())
+        refs["ort-int8"] = float(model_nbytes(ort_int8_defaults(handle.proto)))
     baselines = {"size": float(size0), "macs": macs0, "latency": 1.0}
     limits: dict[str, float] = {}
     for t in targets:

@@ -45,7 +45,6 @@ from studio.core.model import ModelHandle
 from studio.core.recipe import LayerPlan, Recipe, Step
 
 STRUCTURAL_STAGES = ("decompose", "prune")
-PRECISION_STAGES = ("quantize", "encode")
 DEFAULT_HOPELESS_DROP = 0.05  # 5 points: stronger settings of the family are not measured
 QUICK_FRACTION = 0.25
 FAR_FACTOR = 2.0  # a quick measurement this far over `hopeless_drop` is final

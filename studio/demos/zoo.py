@@ -28,7 +28,6 @@ ZOO_VERSION = "2"
 CALIB_SAMPLES = 64
 VOCAB, SEQ_LEN = 1000, 16
 NAMES = ("resnet", "mobilenetv2", "squeezenet", "shufflenet", "rnn", "transformer", "yolo")
-FAST = ("resnet", "squeezenet", "rnn")  # a cheap cross-section for quick test runs
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,6 @@ PRECISION_LABEL = {v: k for k, v in PRECISION_CHOICES.items() if v}
 # Used when a plugin does not declare `primary_param` (or is not installed yet).
 FALLBACK_PRIMARY = {"channels": "ratio", "magnitude": "ratio", "svd": "rank_ratio", "tucker": "rank_ratio",
                     "kmeans": "bits"}  # fmt: skip
-DEFAULT_SHARING_BITS = 4
 
 
 def default_technique(column: PlanColumn, layer: LayerInfo) -> str | None:

@@ -8,7 +8,6 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from studio.core.errors import ModelLoadError
 from studio.core.evaluate import evaluate, load_npz, make_session, run_model
@@ -19,6 +18,7 @@ from studio.core.model import load_external_into, load_model, save_model
 from studio.core.onnx_utils import external_tensors, tensor_array
 from studio.core.pipeline import compress
 from studio.core.recipe import Recipe
+from tests.reliability.corpus import external_matmul
 
 
 @pytest.fixture(scope="module")
@@ -110,24 +110,11 @@ def test_external_end_to_end_int8_static(digits_external, digits_onnx, digits_ev
 
 
 def _tiny_external(folder, location: str, data: bytes, length: int = 64):
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
-    w.ClearField("raw_data")
-    w.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", location), ("offset", "0"), ("length", str(length))):
-        e = w.external_data.add()
-        e.key, e.value = k, v
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[w],
-    )
     folder.mkdir(parents=True, exist_ok=True)
     if data:
         (folder / "w.bin").write_bytes(data)
     p = folder / "m.onnx"
-    p.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    p.write_bytes(external_matmul(location, length).SerializeToString())
     return p
 
 

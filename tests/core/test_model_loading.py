@@ -15,6 +15,7 @@ from studio.core.errors import ModelLoadError, StudioError
 from studio.core.evaluate import make_session
 from studio.core.graph import analyze
 from studio.core.model import load_model, normalize, save_model
+from tests.reliability.corpus import external_matmul
 
 
 def test_onnx_file_loads_with_provenance(digits_onnx):
@@ -65,23 +66,10 @@ def test_external_data_model(tmp_path, digits_onnx):
 
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
-    w.data_location = TensorProto.EXTERNAL
-    w.ClearField("raw_data")
-    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", "64")):
-        e = w.external_data.add()
-        e.key, e.value = k, v
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[w],
-    )
     (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
     (tmp_path / "m").mkdir()
     p = tmp_path / "m" / "m.onnx"
-    p.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    p.write_bytes(external_matmul("../secret.bin").SerializeToString())
     with pytest.raises(ModelLoadError, match="outside the model's folder"):
         load_model(p)
 

@@ -21,21 +21,6 @@ CONV3 = "/conv3/conv3.0/Conv"
 
 
 @pytest.fixture(scope="module")
-def digits(digits_onnx):
-    return load_model(digits_onnx)
-
-
-@pytest.fixture(scope="module")
-def eval_ds(digits_eval):
-    return load_npz(digits_eval)
-
-
-@pytest.fixture(scope="module")
-def calib(digits_calib):
-    return load_npz(digits_calib).inputs
-
-
-@pytest.fixture(scope="module")
 def base_top1(digits, eval_ds):
     return _metrics(digits.proto, eval_ds)["top1"]
 

@@ -53,11 +53,6 @@ def handle():
 
 
 @pytest.fixture(scope="module")
-def calib(digits_calib):
-    return load_npz(digits_calib).inputs
-
-
-@pytest.fixture(scope="module")
 def heldout(digits_eval):
     return load_npz(digits_eval)
 

@@ -44,6 +44,22 @@ def _top1(proto, ds) -> float:
     return next(m.value for m in evaluate(proto, ds) if m.name == "top1")
 
 
+def _interleaved_p50(s0, s1, feed, runs: int, warmup: int) -> tuple[float, float]:
+    """Median seconds per run of two sessions, timed alternately so load on the machine hits
+    both alike."""
+    for _ in range(warmup):
+        s0.run(None, feed), s1.run(None, feed)
+    t0, t1 = [], []
+    for _ in range(runs):
+        a = time.perf_counter()
+        s0.run(None, feed)
+        b = time.perf_counter()
+        s1.run(None, feed)
+        t0.append(b - a)
+        t1.append(time.perf_counter() - b)
+    return float(np.median(t0)), float(np.median(t1))
+
+
 # ---------------------------------------------------------------------- magnitude
 
 
@@ -150,18 +166,9 @@ def test_heavily_pruned_model_is_faster(digits):
     variant = _compress(handle, _recipe([CONV2, CONV3, FC1], "channels", ratio=0.9), calib.inputs)
     s0, s1 = make_session(handle.proto, threads=1), make_session(variant.proto, threads=1)
     feed = {"input": ev.inputs["input"][:64]}
-    t0, t1 = [], []
-    for _ in range(3):
-        s0.run(None, feed), s1.run(None, feed)
-    for _ in range(15):  # interleaved, so load on the machine hits both alike
-        a = time.perf_counter()
-        s0.run(None, feed)
-        b = time.perf_counter()
-        s1.run(None, feed)
-        t0.append(b - a)
-        t1.append(time.perf_counter() - b)
-    ratio = np.median(t1) / np.median(t0)
-    print(f"\nchannels 90%: p50 latency {np.median(t1) * 1e3:.2f} ms vs {np.median(t0) * 1e3:.2f} ms "
+    p50_0, p50_1 = _interleaved_p50(s0, s1, feed, runs=15, warmup=3)
+    ratio = p50_1 / p50_0
+    print(f"\nchannels 90%: p50 latency {p50_1 * 1e3:.2f} ms vs {p50_0 * 1e3:.2f} ms "
           f"(ratio {ratio:.2f}, measured, batch 64, 15 runs)")  # fmt: skip
     assert ratio < 0.95
 
@@ -259,16 +266,8 @@ def test_minilm_ffn_neurons(minilm_paths):
 
     s0, s1 = make_session(handle.proto, threads=1), make_session(variant.proto, threads=1)
     feed = {k: v[:16] for k, v in ev.inputs.items()}
-    s0.run(None, feed), s1.run(None, feed)
-    t0, t1 = [], []
-    for _ in range(5):
-        a = time.perf_counter()
-        s0.run(None, feed)
-        b = time.perf_counter()
-        s1.run(None, feed)
-        t0.append(b - a)
-        t1.append(time.perf_counter() - b)
-    ratio = np.median(t1) / np.median(t0)
+    p50_0, p50_1 = _interleaved_p50(s0, s1, feed, runs=5, warmup=1)
+    ratio = p50_1 / p50_0
     print(
         f"\nMiniLM FFN 50% (refit on {len(calib)} sentences): size {handle.proto.ByteSize()} -> "
         f"{variant.proto.ByteSize()} B; MACs/token {before.total_macs} -> {after.total_macs} (estimated); "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,25 +17,8 @@ from studio.core.model import load_model
 from studio.core.pipeline import compress, estimate_recipe, resolve_plan
 from studio.core.recipe import Recipe
 
-ROOT = Path(__file__).resolve().parents[2]
-ASSETS = ROOT / "assets"
 CONVS = ["/conv1/conv1.0/Conv", "/conv2/conv2.0/Conv", "/conv3/conv3.0/Conv"]
 FCS = ["/fc1/Gemm", "/fc2/Gemm"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_model(ASSETS / "digits_cnn.onnx")
-
-
-@pytest.fixture(scope="module")
-def eval_ds():
-    return load_npz(ASSETS / "digits_eval.npz")
-
-
-@pytest.fixture(scope="module")
-def calib():
-    return load_npz(ASSETS / "digits_calib.npz").inputs
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,13 @@ import numpy as np
 import pytest
 
 from studio.core.errors import RecipeError
-from studio.core.evaluate import evaluate, load_npz, make_session, run_model
+from studio.core.evaluate import evaluate, make_session, run_model
 from studio.core.graph import analyze
 from studio.core.jobs import drive
-from studio.core.model import load_model
 from studio.core.pipeline import compress, estimate_recipe
 from studio.core.recipe import Recipe
 
 FC1 = "/fc1/Gemm"
-
-
-@pytest.fixture(scope="module")
-def digits(digits_onnx):
-    return load_model(digits_onnx)
-
-
-@pytest.fixture(scope="module")
-def eval_ds(digits_eval):
-    return load_npz(digits_eval)
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,12 @@ def _linear(opset=17, k=16, n=8):
     return _model(nodes, [_vi("x", ["N", k])], [_vi("y", ["N", n])], [_w((k, n)), b], opset=opset)
 
 
+def _matmul(inits=(), x_features=4, y_features=4):
+    """y = x @ W: one MatMul node named "mm" (W from `inits`, or left missing)."""
+    mm = helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")
+    return _model([mm], [_vi("x", ["N", x_features])], [_vi("y", ["N", y_features])], inits)
+
+
 def _save(m: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Path:
     p = folder / name
     p.write_bytes(m.SerializeToString())
@@ -93,25 +99,25 @@ def _bytes(data: bytes, name: str = "model.onnx") -> Callable[[Path], Path]:
     return build
 
 
+def external_matmul(location: str, length: int = 64) -> onnx.ModelProto:
+    """A MatMul whose 4x4 float weight points at `location` (offset 0, `length` bytes) as
+    external data; nothing is written."""
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(length))):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    return _matmul([w])
+
+
 def _external(location: str, *, length: int = 64, make_target: Callable[[Path], None] | None = None):
     """A MatMul whose 4x4 weight points at `location` as external data."""
 
     def build(folder: Path) -> Path:
         if make_target is not None:
             make_target(folder)
-        w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
-        w.ClearField("raw_data")
-        w.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", location), ("offset", "0"), ("length", str(length))):
-            e = w.external_data.add()
-            e.key, e.value = k, v
-        m = _model(
-            [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-            [_vi("x", ["N", 4])],
-            [_vi("y", ["N", 4])],
-            [w],
-        )
-        return _save(m, folder)
+        return _save(external_matmul(location, length), folder)
 
     return build
 
@@ -129,11 +135,7 @@ def _symlink_escape(folder: Path) -> None:
 
 def _missing_initializer(folder: Path) -> Path:
     # "W" is read by the MatMul but no node, input or initializer provides it.
-    m = _model(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [_vi("x", ["N", 4])],
-        [_vi("y", ["N", 4])],
-    )
+    m = _matmul()
     return _save(m, folder)
 
 
@@ -150,12 +152,7 @@ def _cycle(folder: Path) -> Path:
 def _zero_dim(folder: Path) -> Path:
     # A weight with a 0-sized axis: legal ONNX, the product is all zeros.
     w = numpy_helper.from_array(np.zeros((0, 4), np.float32), "W")
-    m = _model(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [_vi("x", ["N", 0])],
-        [_vi("y", ["N", 4])],
-        [w],
-    )
+    m = _matmul([w], x_features=0)
     return _save(m, folder)
 
 
@@ -171,36 +168,21 @@ def _huge_initializer_dims(folder: Path) -> Path:
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
     del w.dims[:]
     w.dims.extend([2**20, 2**20])
-    m = _model(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [_vi("x", ["N", 2**20])],
-        [_vi("y", ["N", 2**20])],
-        [w],
-    )
+    m = _matmul([w], x_features=2**20, y_features=2**20)
     return _save(m, folder)
 
 
 def _negative_dim(folder: Path) -> Path:
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
     w.dims[0] = -4
-    m = _model(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [_vi("x", ["N", 4])],
-        [_vi("y", ["N", 4])],
-        [w],
-    )
+    m = _matmul([w])
     return _save(m, folder)
 
 
 def _short_float_data(folder: Path) -> Path:
     # dims [4, 4] but only 3 values in float_data.
     w = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 4], float_data=[1.0, 2.0, 3.0])
-    m = _model(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        [_vi("x", ["N", 4])],
-        [_vi("y", ["N", 4])],
-        [w],
-    )
+    m = _matmul([w])
     return _save(m, folder)
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from studio.core.errors import ModelLoadError
 from studio.core.model import load_model
@@ -65,21 +64,8 @@ def test_cli_never_unpickles_without_the_flag(tmp_path):
 
 
 def _ext_model(folder: Path, location: str) -> Path:
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
-    w.ClearField("raw_data")
-    w.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", location), ("offset", "0"), ("length", "64")):
-        e = w.external_data.add()
-        e.key, e.value = k, v
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[w],
-    )
     p = folder / "model.onnx"
-    p.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    p.write_bytes(corpus.external_matmul(location).SerializeToString())
     return p
 
 
