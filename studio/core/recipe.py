@@ -42,6 +42,14 @@ class Step(BaseModel):
         return f"{self.technique}({ps})" if ps else self.technique
 
 
+def _is_none_step(x) -> bool:
+    if x == "none":
+        return True
+    if isinstance(x, dict):
+        return x.get("technique") == "none" or (len(x) == 1 and "none" in x)
+    return False
+
+
 class LayerPlan(BaseModel):
     """What happens to one layer (or the layers a pattern matches). Unset = inherit."""
 
@@ -55,12 +63,10 @@ class LayerPlan(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _none_steps(cls, v):
-        # TOML cannot say null: `{technique = "none"}` (or "none") disables a stage.
+        # TOML cannot say null: `{technique = "none"}` (or "none", or the shorthand `{none: ...}`)
+        # disables a stage; "none" is reserved, never a technique name.
         if isinstance(v, dict):
-            v = {
-                k: (None if x == "none" or (isinstance(x, dict) and x.get("technique") == "none") else x)
-                for k, x in v.items()
-            }
+            v = {k: (None if _is_none_step(x) else x) for k, x in v.items()}
         return v
 
     def steps(self) -> list[tuple[str, Step]]:

@@ -297,3 +297,12 @@ def test_example_recipes_load_and_resolve(path, analysis):
         assert plan.per_layer
         if r.calibration.data:
             assert (path.parent / r.calibration.data).exists()  # relative to the recipe file
+
+
+@pytest.mark.parametrize("disabled", ["none", {"none": None}, {"none": {}}, {"technique": "none"}, None])
+def test_every_spelling_of_none_disables_a_stage_and_round_trips(disabled):
+    # Found by the Hypothesis pass: `{none: null}` used to parse as a technique called "none".
+    r = Recipe.from_dict({"defaults": {"decompose": disabled}, "layers": {"/fc1/Gemm": {"prune": disabled}}})
+    assert r.defaults.decompose is None and r.layers["/fc1/Gemm"].prune is None
+    assert Recipe.loads(r.dump("yaml")) == r
+    assert Recipe.loads(r.dump("toml"), fmt="toml") == r
